@@ -1,0 +1,28 @@
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test demo bench clean
+
+setup: $(STAMP)
+
+# torch is pinned by constraints.txt to the CPU wheel on disk.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[torch,dev]'
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m mypy
+	$(PY) -m pytest
+
+demo: setup
+	$(VENV)/bin/stagecut plan --svg out/plan.svg
+
+bench: setup
+	$(PY) bench/plan_scaling.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache

@@ -1,0 +1,264 @@
+"""Local multi-process launcher for torch.distributed code (tests and the CLI).
+
+``launch(fn, world_size, *args)`` spawns ``world_size`` processes, joins them into
+one process group over TCP on 127.0.0.1, runs ``fn(rank, world_size, *args)`` in
+each and returns the results in rank order.  It fails fast: the first rank that
+raises (or dies) makes every other rank get killed, even one blocked in a
+collective, and the parent raises :class:`LaunchError` with that rank's traceback.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing as mp
+import multiprocessing.connection as mpc
+import os
+import pickle
+import signal
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from datetime import timedelta
+from multiprocessing.context import SpawnProcess
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["LaunchError", "launch"]
+
+R = TypeVar("R")
+
+# Seconds a terminated rank gets to exit before it is SIGKILLed.
+_TERM_GRACE_S = 1.0
+_PR_SET_PDEATHSIG = 1
+
+
+class LaunchError(RuntimeError):
+    """A launched rank raised, crashed, or the launch timed out.
+
+    ``rank`` is the failing rank (``None`` for a timeout or a launcher failure);
+    ``remote_traceback`` is the rank's formatted traceback, also in the message.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        rank: int | None = None,
+        remote_traceback: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.rank = rank
+        self.remote_traceback = remote_traceback
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keep the extra fields when the error crosses a process boundary.
+        return (type(self), (str(self), self.rank, self.remote_traceback))
+
+
+def _free_port() -> int:
+    # The port is released before rank 0's TCPStore binds it; the race is
+    # acceptable for a local launcher.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _choose_backend(backend: str | None, world_size: int) -> str:
+    if backend is not None:
+        return backend
+    if torch.cuda.is_available() and torch.cuda.device_count() >= world_size:
+        return "nccl"
+    return "gloo"
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to SIGKILL this process when the launching parent dies.
+
+    Guards against orphans when the parent is killed hard (no ``finally`` runs).
+    Best effort: a no-op where prctl is unavailable.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _limit_threads() -> None:
+    # Several ranks share a few cores; intra-op thread pools would oversubscribe.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already fixed by earlier parallel work
+        pass
+
+
+def _worker(
+    rank: int,
+    world_size: int,
+    port: int,
+    backend: str,
+    timeout_s: float,
+    parent_pid: int,
+    conn: mpc.Connection,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+) -> None:
+    _die_with_parent(parent_pid)
+    _limit_threads()
+    try:
+        if backend == "nccl":
+            torch.cuda.set_device(rank)
+        dist.init_process_group(
+            backend,
+            init_method=f"tcp://127.0.0.1:{port}",
+            rank=rank,
+            world_size=world_size,
+            timeout=timedelta(seconds=max(timeout_s, 1.0)),
+        )
+        result = fn(rank, world_size, *args)
+        dist.destroy_process_group()
+        # Plain pickle copies tensors by value; torch's multiprocessing
+        # reductions would pass shared-memory handles that die with this process.
+        payload = pickle.dumps(("ok", result))
+    except BaseException:
+        # Report before any cleanup: destroying a group whose peers are blocked
+        # could hang, and the parent kills this process anyway.
+        payload = pickle.dumps(("err", traceback.format_exc()))
+    conn.send_bytes(payload)
+    conn.close()
+
+
+def _reap(procs: list[SpawnProcess]) -> None:
+    """Terminate, then kill, every rank still alive, and reap them all."""
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    deadline = time.monotonic() + _TERM_GRACE_S
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+        p.join()
+        p.close()
+
+
+def launch(
+    fn: Callable[..., R],
+    world_size: int,
+    *args: Any,
+    timeout_s: float = 120.0,
+    backend: str | None = None,
+) -> list[R]:
+    """Run ``fn(rank, world_size, *args)`` on ``world_size`` fresh processes.
+
+    Each process joins a process group (``backend``; default gloo, or nccl with
+    one GPU per rank when enough GPUs exist), calls ``fn``, destroys the group
+    and sends the return value back.  ``fn`` and ``args`` must be picklable
+    (``fn`` a top-level function), as must the return value.
+
+    Returns the results in rank order.  Raises :class:`LaunchError` as soon as
+    any rank raises or dies, or once ``timeout_s`` (wall clock, including
+    start-up) has passed; all ranks are killed and reaped before it returns
+    or raises.
+    """
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    if timeout_s <= 0:
+        raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+    backend_name = _choose_backend(backend, world_size)
+    ctx = mp.get_context("spawn")
+    port = _free_port()
+    deadline = time.monotonic() + timeout_s
+    procs: list[SpawnProcess] = []
+    conns: list[mpc.Connection] = []
+    try:
+        for rank in range(world_size):
+            recv_conn, send_conn = ctx.Pipe(duplex=False)
+            proc = ctx.Process(
+                target=_worker,
+                args=(
+                    rank,
+                    world_size,
+                    port,
+                    backend_name,
+                    timeout_s,
+                    os.getpid(),
+                    send_conn,
+                    fn,
+                    args,
+                ),
+                name=f"stagecut-launch-rank{rank}",
+            )
+            procs.append(proc)
+            conns.append(recv_conn)
+            proc.start()
+            # Drop our copy of the write end so a dead rank reads as EOF.
+            send_conn.close()
+        return _collect(procs, conns, deadline, timeout_s)
+    finally:
+        _reap(procs)
+        for c in conns:
+            c.close()
+
+
+def _collect(
+    procs: list[SpawnProcess],
+    conns: list[mpc.Connection],
+    deadline: float,
+    timeout_s: float,
+) -> list[Any]:
+    results: dict[int, Any] = {}
+    pending = set(range(len(procs)))
+    while pending:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise LaunchError(
+                f"launch timed out after {timeout_s:g}s; "
+                f"ranks {sorted(pending)} had not finished"
+            )
+        waitables: list[Any] = [conns[r] for r in pending]
+        waitables += [procs[r].sentinel for r in pending]
+        ready = mpc.wait(waitables, timeout=min(remaining, 1.0))
+        if not ready:
+            continue
+        for rank in sorted(pending):
+            conn = conns[rank]
+            if conn not in ready and procs[rank].sentinel not in ready:
+                continue
+            # A rank that exits right after sending leaves its message readable.
+            if conn.poll():
+                try:
+                    status, value = pickle.loads(conn.recv_bytes())
+                except EOFError:
+                    status, value = "dead", None
+            else:
+                status, value = "dead", None
+            if status == "ok":
+                results[rank] = value
+                pending.discard(rank)
+            elif status == "err":
+                raise LaunchError(
+                    f"rank {rank} failed:\n{value}",
+                    rank=rank,
+                    remote_traceback=str(value),
+                )
+            else:
+                procs[rank].join(_TERM_GRACE_S)
+                raise LaunchError(
+                    f"rank {rank} died without reporting a result "
+                    f"(exit code {procs[rank].exitcode})",
+                    rank=rank,
+                )
+    return [results[r] for r in range(len(procs))]

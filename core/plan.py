@@ -1,0 +1,163 @@
+"""`plan(snapshot, cuts)`: the passes in order, and the `Plan` they produce."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from core.assign import ANY_STAGE, assign_stages
+from core.cuts import Cut, CutLike
+from core.graph import Graph, Node, Ref
+from core.liveness import live_in
+from core.propagate import FlatGraph, propagate
+from core.snapshot import Snapshot
+from core.ties import TieGroup, tie_groups
+from core.validate import check_cuts, check_snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class StageFigures:
+    """Sizes of one stage; bytes are per microbatch and `None` where value info is missing."""
+
+    params: int
+    param_bytes: int
+    bytes_in: int | None
+    bytes_out: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    """One pipeline stage: a closed graph whose placeholders are `inputs` and output `outputs`."""
+
+    index: int
+    graph: Graph
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    params: tuple[str, ...]
+    modules: tuple[str, ...]
+    figures: StageFigures
+
+    @property
+    def bypass(self) -> tuple[str, ...]:
+        """Inputs this stage only passes on."""
+        read = {name for node in self.graph.nodes if node.op != "output" for name in node.inputs()}
+        sent = set(self.outputs)
+        return tuple(n for n in self.inputs if n not in read and n in sent)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    stages: tuple[Stage, ...]
+    ties: tuple[TieGroup, ...]
+    cuts: tuple[Cut, ...]
+
+    @property
+    def liveness(self) -> tuple[tuple[str, ...], ...]:
+        """What each stage receives (the seed's `liveness`): `liveness[s] == stages[s].inputs`."""
+        return tuple(s.inputs for s in self.stages)
+
+    def __str__(self) -> str:
+        from core.table import render_table
+
+        return render_table(self)
+
+    def to_json(self) -> str:
+        from core.serialize import plan_to_json
+
+        return plan_to_json(self)
+
+    @staticmethod
+    def from_json(text: str) -> Plan:
+        from core.serialize import plan_from_json
+
+        return plan_from_json(text)
+
+
+def plan(snapshot: Snapshot, cuts: Iterable[CutLike] = ()) -> Plan:
+    """Cut `snapshot` at `cuts` (paths, or `Cut`s) into pipeline stages."""
+    check_snapshot(snapshot)
+    spine = check_cuts(snapshot, cuts)
+    flat = propagate(snapshot, spine)
+    stages = assign_stages(flat)
+    num_stages = len(flat.boundaries) + 1
+    live = live_in(flat.graph, stages, num_stages)
+    built = _stage_graphs(flat, stages, live)
+    stage_params = [_params_of(snapshot, nodes) for nodes in built]
+    ties = tie_groups(snapshot, stage_params)
+    result = []
+    for s, nodes in enumerate(built):
+        outputs = live[s + 1] if s + 1 < num_stages else tuple(dict.fromkeys(nodes[-1].inputs()))
+        result.append(
+            Stage(
+                index=s,
+                graph=Graph(tuple(nodes)),
+                inputs=live[s],
+                outputs=outputs,
+                params=stage_params[s],
+                modules=tuple(n.target for n in nodes if n.op == "call_module"),
+                figures=_figures(snapshot, flat.graph, stage_params[s], live[s], outputs),
+            )
+        )
+    return Plan(tuple(result), ties, spine.cuts)
+
+
+def _stage_graphs(
+    flat: FlatGraph, stages: tuple[int, ...], live: tuple[tuple[str, ...], ...]
+) -> list[list[Node]]:
+    graph = flat.graph
+    num_stages = len(live)
+    # Stages that read each parameter node (it is copied into each of them).
+    readers: dict[str, set[int]] = {}
+    for node, stage in zip(graph.nodes, stages):
+        for name in node.inputs():
+            if stages[graph.position(name)] == ANY_STAGE:
+                readers.setdefault(name, set()).add(stage)
+    built: list[list[Node]] = [[] for _ in range(num_stages)]
+    for s in range(1, num_stages):
+        built[s] = [_received(graph.node(name)) for name in live[s]]
+    for node, stage in zip(graph.nodes, stages):
+        if stage == ANY_STAGE:
+            for reader in sorted(readers.get(node.name, ())):
+                built[reader].append(node)
+        elif node.op != "output":
+            built[stage].append(node)
+    for s in range(num_stages - 1):
+        built[s].append(Node("output", "output", "output", (tuple(Ref(n) for n in live[s + 1]),)))
+    built[-1].append(graph.output)
+    return built
+
+
+def _received(node: Node) -> Node:
+    return Node(node.name, "placeholder", node.name, info=node.info)
+
+
+def _params_of(snapshot: Snapshot, nodes: list[Node]) -> tuple[str, ...]:
+    names: dict[str, None] = {}
+    for node in nodes:
+        if node.op == "get_attr" and snapshot.param(node.target) is not None:
+            names[node.target] = None
+        elif node.op == "call_module":
+            names.update((name, None) for name, _ in snapshot.params_under(node.target))
+    return tuple(sorted(names))
+
+
+def _figures(
+    snapshot: Snapshot, graph: Graph, params: tuple[str, ...], inputs: tuple[str, ...], outputs: tuple[str, ...]
+) -> StageFigures:
+    storages = {p.key: p for p in (snapshot.param(n) for n in params) if p is not None and not p.buffer}
+    return StageFigures(
+        params=sum(p.numel for p in storages.values()),
+        param_bytes=sum(p.nbytes for p in storages.values()),
+        bytes_in=_bytes(graph, inputs),
+        bytes_out=_bytes(graph, outputs),
+    )
+
+
+def _bytes(graph: Graph, names: tuple[str, ...]) -> int | None:
+    total = 0
+    for name in names:
+        info = graph.node(name).info
+        if info is None or info.nbytes is None:
+            return None
+        total += info.nbytes
+    return total

@@ -1,0 +1,155 @@
+"""Pass 2: upward propagation. Inline the spine so that every cut is a position in the root graph.
+
+Each module on the path from a cut to the root is inlined into its caller: its placeholders
+become the caller's arguments, its nodes are renamed `<call node>.<node>`, and its returned
+tree replaces the call. Item reads of a returned tuple/dict are folded away, so later code
+refers to the items directly. Modules off the spine stay whole, as call_module nodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from pyrsistent import pmap
+
+from core.cuts import Cut
+from core.errors import MalformedSnapshot, PlanError
+from core.graph import Arg, DictOf, Graph, ListOf, Node, Ref, map_refs
+from core.rules import GETITEM
+from core.snapshot import Snapshot, join
+from core.validate import Spine
+
+
+@dataclass(frozen=True, slots=True)
+class Boundary:
+    """A stage starts at `position` of the flat graph because of `cut`."""
+
+    position: int
+    cut: Cut
+
+
+@dataclass(frozen=True, slots=True)
+class FlatGraph:
+    """The root graph with the spine inlined, and the stage boundaries in it (sorted)."""
+
+    graph: Graph
+    boundaries: tuple[Boundary, ...]
+
+
+def propagate(snapshot: Snapshot, spine: Spine) -> FlatGraph:
+    root = snapshot.root
+    if root.graph is None:
+        why = f" ({root.leaf_reason})" if root.leaf_reason else ""
+        raise PlanError(f"the root module was not traced{why}; there is no graph to plan.")
+    inliner = _Inliner(snapshot, spine)
+    inliner.emit_root(root.graph)
+    boundaries = []
+    for cut in spine.cuts:
+        start, end = inliner.spans[cut.path]
+        boundaries.append(Boundary(end if cut.side == "after" else start, cut))
+    boundaries.sort(key=lambda b: b.position)
+    return FlatGraph(Graph(tuple(inliner.out)), tuple(boundaries))
+
+
+class _Inliner:
+    """Emits the flat node list; local mutable state, never visible outside `propagate`."""
+
+    def __init__(self, snapshot: Snapshot, spine: Spine) -> None:
+        self.modules = snapshot.modules
+        self.inline = spine.inline
+        self.cut_paths = frozenset(c.path for c in spine.cuts)
+        self.out: list[Node] = []
+        self.spans: dict[str, tuple[int, int]] = {}
+
+    def emit_root(self, graph: Graph) -> None:
+        # Root names are kept; `env` only holds names whose value changed (inlined or folded).
+        env: dict[str, Arg] = {}
+        for node in graph.nodes:
+            self._emit(node, "", "", env, rename=False)
+
+    def _emit_module(self, path: str, env: dict[str, Arg], prefix: str) -> Arg:
+        graph = self.modules[path].graph
+        assert graph is not None  # the spine only holds traced modules
+        for node in graph.nodes:
+            if node.op == "placeholder":
+                continue  # bound by the caller
+            if node.op == "output":
+                return map_refs(node.args[0] if node.args else None, env.__getitem__)
+            self._emit(node, path, prefix, env, rename=True)
+        raise MalformedSnapshot(f"module {path!r}: graph without output")  # pragma: no cover
+
+    def _emit(self, node: Node, path: str, prefix: str, env: dict[str, Arg], rename: bool) -> None:
+        def sub(name: str) -> Arg:
+            return env[name] if rename or name in env else Ref(name)
+
+        args, kwargs = node.args, node.kwargs
+        if rename or any(n in env for n in node.inputs()):
+            args = tuple(map_refs(a, sub) for a in node.args)
+            kwargs = pmap({k: map_refs(v, sub) for k, v in node.kwargs.items()})
+        target = node.target
+        if node.op == "call_module":
+            target = join(path, node.target)
+            if target in self.inline:
+                start = len(self.out)
+                callee_env = self._bind(target, args, kwargs)
+                env[node.name] = self._emit_module(target, callee_env, f"{prefix}{node.name}.")
+                self.spans[target] = (start, len(self.out))
+                return
+        elif node.op == "get_attr":
+            target = join(path, node.target)
+        if self._fold(node, args, env):
+            return
+        self._record_call(target if node.op == "call_module" else None)
+        if not rename and args is node.args and kwargs is node.kwargs and target == node.target:
+            self.out.append(node)  # an untouched root node: no copy
+            return
+        name = prefix + node.name
+        self.out.append(Node(name, node.op, target, args, kwargs, node.info))
+        if rename:
+            env[node.name] = Ref(name)
+
+    def _record_call(self, callee: str | None) -> None:
+        """A cut at a module that stays whole spans exactly its call node."""
+        if callee is not None and callee in self.cut_paths:
+            self.spans[callee] = (len(self.out), len(self.out) + 1)
+
+    def _bind(self, path: str, args: tuple[Arg, ...], kwargs: Mapping[str, Arg]) -> dict[str, Arg]:
+        graph = self.modules[path].graph
+        assert graph is not None
+        env: dict[str, Arg] = {}
+        for i, ph in enumerate(graph.placeholders):
+            if i < len(args):
+                env[ph.name] = args[i]
+            elif ph.target in kwargs:
+                env[ph.name] = kwargs[ph.target]
+            elif ph.args:
+                env[ph.name] = ph.args[0]  # the parameter's default
+            else:
+                raise MalformedSnapshot(
+                    f"module {path!r} is called without a value for its parameter {ph.target!r}."
+                )
+        return env
+
+    @staticmethod
+    def _fold(node: Node, args: tuple[Arg, ...], env: dict[str, Arg]) -> bool:
+        """`getitem` of a literal tuple/list/dict (an inlined return value) is the item itself."""
+        if node.op != "call_function" or node.target != GETITEM or len(args) != 2:
+            return False
+        container, key = args
+        if isinstance(key, bool) or not isinstance(key, (int, str)):
+            return False
+        items: tuple[Arg, ...] | None = None
+        if type(container) is tuple:
+            items = container
+        elif type(container) is ListOf:
+            items = container.items
+        if items is not None and isinstance(key, int) and -len(items) <= key < len(items):
+            env[node.name] = items[key]
+            return True
+        if type(container) is DictOf:
+            for k, v in container.items:
+                if k == key and type(k) is type(key):
+                    env[node.name] = v
+                    return True
+        return False

@@ -1,0 +1,81 @@
+"""A snapshot of a model: its module tree, the graphs of the traced modules, its parameters."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from pyrsistent import PMap, pmap
+
+from core.graph import Graph
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    """A parameter (or buffer); equal `key`s mean one storage under several names (tied)."""
+
+    key: str
+    numel: int
+    nbytes: int
+    buffer: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Module:
+    """One module of the tree; `graph is None` means it was not traced (a leaf)."""
+
+    path: str
+    type_name: str = ""
+    graph: Graph | None = None
+    children: PMap[str, Module] = field(default_factory=pmap)
+    params: PMap[str, Param] = field(default_factory=pmap)
+    leaf_reason: str | None = None
+
+    def walk(self) -> Iterator[Module]:
+        """This module and all below it, parents first, children in insertion order."""
+        yield self
+        for child in self.children.values():
+            yield from child.walk()
+
+
+def join(prefix: str, name: str) -> str:
+    """The qualified path of `name` inside the module at `prefix`."""
+    return f"{prefix}.{name}" if prefix else name
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    root: Module
+    _modules: Mapping[str, Module] = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_modules", MappingProxyType({m.path: m for m in self.root.walk()}))
+
+    def to_json(self) -> str:
+        from core.serialize import snapshot_to_json
+
+        return snapshot_to_json(self)
+
+    @staticmethod
+    def from_json(text: str) -> Snapshot:
+        from core.serialize import snapshot_from_json
+
+        return snapshot_from_json(text)
+
+    @property
+    def modules(self) -> Mapping[str, Module]:
+        """Every module by qualified path (the root is `""`)."""
+        return self._modules
+
+    def params_under(self, path: str) -> Iterator[tuple[str, Param]]:
+        """(qualified name, param) of the module at `path` and everything below it."""
+        for module in self._modules[path].walk():
+            for local, param in module.params.items():
+                yield join(module.path, local), param
+
+    def param(self, qualified: str) -> Param | None:
+        """The parameter with this qualified name, if the snapshot knows it."""
+        owner, _, local = qualified.rpartition(".")
+        module = self._modules.get(owner)
+        return None if module is None else module.params.get(local)
