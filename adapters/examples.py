@@ -64,8 +64,8 @@ class MLP(nn.Module):
         self.proj = nn.Linear(d_hidden, d_model)
 
     def forward(self, x: Tensor) -> Tensor:
-        out: Tensor = self.proj(self.act(self.fc(x)))
-        return out
+        x = self.proj(self.act(self.fc(x)))
+        return x
 
 
 def _build(
@@ -105,8 +105,8 @@ class CausalSelfAttention(nn.Module):
         q = _split_heads(qkv[0], self.n_heads, self.head_dim)
         k = _split_heads(qkv[1], self.n_heads, self.head_dim)
         v = _split_heads(qkv[2], self.n_heads, self.head_dim)
-        out: Tensor = self.proj(_merge_heads(_attend(q, k, v, causal=True)))
-        return out
+        y: Tensor = self.proj(_merge_heads(_attend(q, k, v, causal=True)))
+        return y
 
 
 class Block(nn.Module):
@@ -119,8 +119,8 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.attn(self.ln1(x))
-        out: Tensor = x + self.mlp(self.ln2(x))
-        return out
+        x = x + self.mlp(self.ln2(x))
+        return x
 
 
 class GPT(nn.Module):
@@ -199,8 +199,8 @@ class SelfAttention(nn.Module):
         q = _split_heads(self.q(x), self.n_heads, self.head_dim)
         k = _split_heads(self.k(x), self.n_heads, self.head_dim)
         v = _split_heads(self.v(x), self.n_heads, self.head_dim)
-        out: Tensor = self.o(_merge_heads(_attend(q, k, v, causal=self.causal)))
-        return out
+        y: Tensor = self.o(_merge_heads(_attend(q, k, v, causal=self.causal)))
+        return y
 
 
 class CrossAttention(nn.Module):
@@ -218,8 +218,8 @@ class CrossAttention(nn.Module):
         q = _split_heads(self.q(x), self.n_heads, self.head_dim)
         k = _split_heads(self.k(memory), self.n_heads, self.head_dim)
         v = _split_heads(self.v(memory), self.n_heads, self.head_dim)
-        out: Tensor = self.o(_merge_heads(_attend(q, k, v, causal=False)))
-        return out
+        y: Tensor = self.o(_merge_heads(_attend(q, k, v, causal=False)))
+        return y
 
 
 class EncoderBlock(nn.Module):
@@ -232,8 +232,8 @@ class EncoderBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.self_attn(self.ln_self(x))
-        out: Tensor = x + self.ff(self.ln_ff(x))
-        return out
+        x = x + self.ff(self.ln_ff(x))
+        return x
 
 
 class DecoderBlock(nn.Module):
@@ -249,8 +249,8 @@ class DecoderBlock(nn.Module):
     def forward(self, x: Tensor, enc_out: Tensor) -> Tensor:
         x = x + self.self_attn(self.ln_self(x))
         x = x + self.cross_attn(self.ln_cross(x), enc_out)
-        out: Tensor = x + self.ff(self.ln_ff(x))
-        return out
+        x = x + self.ff(self.ln_ff(x))
+        return x
 
 
 class Stack(nn.Module):
@@ -262,8 +262,8 @@ class Stack(nn.Module):
     def forward(self, hidden: Tensor) -> Tensor:
         for blk in self.block:
             hidden = blk(hidden)
-        out: Tensor = self.final_layer_norm(hidden)
-        return out
+        hidden = self.final_layer_norm(hidden)
+        return hidden
 
 
 class DecoderStack(nn.Module):
@@ -275,8 +275,8 @@ class DecoderStack(nn.Module):
     def forward(self, hidden: Tensor, encoder_out: Tensor) -> Tensor:
         for blk in self.block:
             hidden = blk(hidden, encoder_out)
-        out: Tensor = self.final_layer_norm(hidden)
-        return out
+        hidden = self.final_layer_norm(hidden)
+        return hidden
 
 
 class T5(nn.Module):
@@ -355,8 +355,8 @@ class AuxBlock(nn.Module):
         self.linear = nn.Linear(d_model, d_model)
 
     def forward(self, x: Tensor, aux: Tensor) -> Tensor:
-        out: Tensor = x + self.linear(x) * torch.sigmoid(aux)
-        return out
+        x = x + self.linear(x) * torch.sigmoid(aux)
+        return x
 
 
 class SkipBlock(nn.Module):
@@ -451,8 +451,8 @@ class LinearReLU(nn.Module):
         self.relu = nn.ReLU()
 
     def forward(self, x: Tensor) -> Tensor:
-        out: Tensor = self.relu(self.linear(x))
-        return out
+        x = self.relu(self.linear(x))
+        return x
 
 
 class SlapoSeq(nn.Module):
@@ -463,8 +463,8 @@ class SlapoSeq(nn.Module):
         self.post = nn.Linear(d_model, d_model)
 
     def forward(self, x: Tensor) -> Tensor:
-        out: Tensor = self.post(self.layers(self.pre(x)))
-        return out
+        x = self.post(self.layers(self.pre(x)))
+        return x
 
 
 class SlapoList(nn.Module):
@@ -478,8 +478,8 @@ class SlapoList(nn.Module):
         x = self.pre(x)
         for layer in self.layers:
             x = layer(x)
-        out: Tensor = self.post(x)
-        return out
+        x = self.post(x)
+        return x
 
 
 def _slapo(
@@ -553,8 +553,8 @@ class Scalars(nn.Module):
         norm = out[2]
         for blk in self.blocks[1:]:
             h = blk(h, width, norm)
-        out: Tensor = self.head(h).sum(dim=0) / batch
-        return out
+        scores: Tensor = self.head(h)
+        return scores.sum(dim=0) / batch
 
 
 def scalars(

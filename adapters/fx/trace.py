@@ -1,0 +1,161 @@
+"""`snapshot(model, ...)`: hierarchical tracing of an nn.Module into a core `Snapshot`.
+
+Each module is traced on its own with its children as leaves, so every traced module has a
+graph of its own and cuts can sit at any depth. A module that fx cannot trace becomes a leaf
+that records why. With `cuts=`, only the modules on the way from each cut to the root are
+traced ("trace by need"), which is what keeps large models fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from pyrsistent import pmap
+from torch import fx, nn
+
+from adapters.fx.convert import node_to_core
+from adapters.fx.shapes import propagate_info
+from core import Cut, Graph, Module, Param, Snapshot
+from core.cuts import CutLike, as_cut
+from core.snapshot import join
+
+LeafSpec = type[nn.Module] | str
+Progress = Callable[[str], None]
+
+NOT_ON_SPINE = "not traced: snapshot(cuts=...) traces only the modules on the way to a cut"
+BUILTIN = "a torch.nn built-in module"
+LISTED = "listed in leaf_modules"
+
+
+class _ChildrenAreLeaves(fx.Tracer):
+    """Traces one module; every submodule call stays a call_module node."""
+
+    def __init__(self, traced: nn.Module) -> None:
+        super().__init__()
+        self._traced = traced
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return m is not self._traced
+
+
+def snapshot(
+    model: nn.Module,
+    *example_args: Any,
+    leaf_modules: Iterable[LeafSpec] = (),
+    cuts: Sequence[CutLike] | None = None,
+    progress: Progress | None = None,
+    **example_kwargs: Any,
+) -> Snapshot:
+    """Trace `model` into a `Snapshot`; with example inputs, add value info (on fake tensors)."""
+    modules = dict(_named_modules(model))
+    leaves = tuple(leaf_modules)
+    graphs: dict[str, fx.Graph] = {}
+    reasons: dict[str, str] = {}
+    wanted = None if cuts is None else [as_cut(c).path for c in cuts]
+
+    def visit(path: str) -> None:
+        reason = _static_leaf_reason(path, modules[path], leaves)
+        if reason is not None:
+            reasons[path] = reason
+            return
+        if progress is not None:
+            progress(path or "<root>")
+        try:
+            graphs[path] = _ChildrenAreLeaves(modules[path]).trace(modules[path])
+        except Exception as err:  # fx raises many kinds; all mean "not traceable"
+            reasons[path] = _first_line(f"fx could not trace it: {type(err).__name__}: {err}")
+            return
+        for callee in _callees(path, graphs[path]):
+            if callee in graphs or callee in reasons or callee not in modules:
+                continue
+            # By need: trace a callee only when a cut lies strictly inside it.
+            if wanted is None or any(p.startswith(callee + ".") for p in wanted):
+                visit(callee)
+
+    visit("")
+    infos = propagate_info(model, modules, graphs, example_args, example_kwargs) if (example_args or example_kwargs) else {}
+    keys = _storage_keys(model)
+    root = _module_tree(model, "", graphs, reasons, infos, keys, wanted is not None)
+    return Snapshot(root)
+
+
+def _named_modules(model: nn.Module) -> Iterable[tuple[str, nn.Module]]:
+    return model.named_modules(remove_duplicate=False)  # type: ignore[no-any-return]
+
+
+def _static_leaf_reason(path: str, module: nn.Module, leaves: Sequence[LeafSpec]) -> str | None:
+    if any(leaf == path or (isinstance(leaf, type) and isinstance(module, leaf)) for leaf in leaves):
+        return LISTED
+    cls = type(module)
+    if cls.__module__.startswith("torch.nn") and not isinstance(module, nn.Sequential):
+        return BUILTIN
+    return None
+
+
+def _callees(path: str, graph: fx.Graph) -> list[str]:
+    return [join(path, str(n.target)) for n in graph.nodes if n.op == "call_module"]
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0][:200] if text.strip() else text
+
+
+def _storage_keys(model: nn.Module) -> dict[int, str]:
+    """id(tensor) -> a canonical key, equal for tensors sharing storage (tied weights)."""
+    by_storage: dict[tuple[Any, ...], str] = {}
+    keys: dict[int, str] = {}
+    named = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+    for _, tensor in named:
+        if tensor.device.type == "meta":
+            identity: tuple[Any, ...] = ("id", id(tensor))
+        else:
+            identity = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.stride())
+        keys[id(tensor)] = by_storage.setdefault(identity, f"t{len(by_storage)}")
+    return keys
+
+
+def _module_tree(
+    module: nn.Module,
+    path: str,
+    graphs: dict[str, fx.Graph],
+    reasons: dict[str, str],
+    infos: dict[tuple[str, str], Any],
+    keys: dict[int, str],
+    by_need: bool,
+) -> Module:
+    graph = graphs.get(path)
+    reason = reasons.get(path)
+    if graph is None and reason is None and not isinstance(module, (nn.ModuleList, nn.ModuleDict)):
+        reason = NOT_ON_SPINE if by_need else "never called by a traced module"
+    params = {
+        name: Param(keys[id(t)], t.numel(), t.numel() * t.element_size(), buffer=False)
+        for name, t in module._parameters.items()
+        if t is not None
+    }
+    params.update(
+        (name, Param(keys[id(t)], t.numel(), t.numel() * t.element_size(), buffer=True))
+        for name, t in module._buffers.items()
+        if t is not None
+    )
+    core_graph = None
+    if graph is not None:
+        core_graph = Graph(tuple(node_to_core(n, infos.get((path, n.name))) for n in graph.nodes))
+    return Module(
+        path=path,
+        type_name=type(module).__name__,
+        graph=core_graph,
+        children=pmap(
+            {
+                name: _module_tree(child, join(path, name), graphs, reasons, infos, keys, by_need)
+                for name, child in module._modules.items()
+                if child is not None
+            }
+        ),
+        params=pmap(params),
+        leaf_reason=reason,
+    )
+
+
+__all__ = ["snapshot", "Cut"]
