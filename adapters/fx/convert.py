@@ -23,9 +23,10 @@ def arg_to_core(value: Any) -> Arg:
         return value  # type: ignore[no-any-return]
     if type(value) is tuple:
         return tuple(arg_to_core(v) for v in value)
-    if type(value) is list:
+    # fx stores lists and dicts as its immutable_list / immutable_dict subclasses.
+    if isinstance(value, list):
         return ListOf(tuple(arg_to_core(v) for v in value))
-    if type(value) is dict:
+    if isinstance(value, dict):
         return DictOf(tuple((arg_to_core(k), arg_to_core(v)) for k, v in value.items()))
     if type(value) is slice:
         return SliceOf(arg_to_core(value.start), arg_to_core(value.stop), arg_to_core(value.step))
