@@ -554,7 +554,7 @@ class Scalars(nn.Module):
         for blk in self.blocks[1:]:
             h = blk(h, width, norm)
         scores: Tensor = self.head(h)
-        return scores.sum(dim=0) / batch
+        return scores / batch  # per example, so microbatches split it on dim 0
 
 
 def scalars(

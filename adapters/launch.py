@@ -33,6 +33,10 @@ R = TypeVar("R")
 
 # Seconds a terminated rank gets to exit before it is SIGKILLed.
 _TERM_GRACE_S = 1.0
+# After the first failure, how long to keep listening for others before
+# choosing which one to report (a crashed rank beats its peers' consequent
+# connection errors).
+_FAILURE_SETTLE_S = 0.25
 _PR_SET_PDEATHSIG = 1
 
 
@@ -134,7 +138,13 @@ def _worker(
     except BaseException:
         # Report before any cleanup: destroying a group whose peers are blocked
         # could hang, and the parent kills this process anyway.
-        payload = pickle.dumps(("err", traceback.format_exc()))
+        conn.send_bytes(pickle.dumps(("err", traceback.format_exc())))
+        conn.close()
+        # Stay alive until killed: exiting would close this rank's sockets and
+        # make blocked peers raise connection errors that race the real one.
+        # Bounded, in case no parent is left to kill us (no prctl off Linux).
+        time.sleep(timeout_s + 60.0)
+        return
     conn.send_bytes(payload)
     conn.close()
 
@@ -221,44 +231,68 @@ def _collect(
 ) -> list[Any]:
     results: dict[int, Any] = {}
     pending = set(range(len(procs)))
+    # (rank, traceback or None if the rank died without reporting), in the
+    # order seen.
+    failures: list[tuple[int, str | None]] = []
+    settle_until: float | None = None
     while pending:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
+        now = time.monotonic()
+        if settle_until is not None and now >= settle_until:
+            break
+        if now >= deadline:
+            if failures:
+                break
             raise LaunchError(
                 f"launch timed out after {timeout_s:g}s; "
                 f"ranks {sorted(pending)} had not finished"
             )
+        wake = min(deadline, settle_until or deadline, now + 1.0)
         waitables: list[Any] = [conns[r] for r in pending]
         waitables += [procs[r].sentinel for r in pending]
-        ready = mpc.wait(waitables, timeout=min(remaining, 1.0))
-        if not ready:
-            continue
+        ready = mpc.wait(waitables, timeout=max(0.0, wake - now))
         for rank in sorted(pending):
             conn = conns[rank]
             if conn not in ready and procs[rank].sentinel not in ready:
                 continue
-            # A rank that exits right after sending leaves its message readable.
-            if conn.poll():
-                try:
-                    status, value = pickle.loads(conn.recv_bytes())
-                except EOFError:
-                    status, value = "dead", None
-            else:
-                status, value = "dead", None
+            pending.discard(rank)
+            status, value = _read_message(conn)
             if status == "ok":
                 results[rank] = value
-                pending.discard(rank)
-            elif status == "err":
-                raise LaunchError(
-                    f"rank {rank} failed:\n{value}",
-                    rank=rank,
-                    remote_traceback=str(value),
-                )
             else:
-                procs[rank].join(_TERM_GRACE_S)
-                raise LaunchError(
-                    f"rank {rank} died without reporting a result "
-                    f"(exit code {procs[rank].exitcode})",
-                    rank=rank,
-                )
+                failures.append((rank, value if status == "err" else None))
+                if settle_until is None:
+                    settle_until = time.monotonic() + _FAILURE_SETTLE_S
+    if failures:
+        raise _failure_error(procs, failures)
     return [results[r] for r in range(len(procs))]
+
+
+def _read_message(conn: mpc.Connection) -> tuple[str, Any]:
+    # A rank that exits right after sending leaves its message readable.
+    if not conn.poll():
+        return "dead", None
+    try:
+        status, value = pickle.loads(conn.recv_bytes())
+    except EOFError:
+        return "dead", None
+    return str(status), value
+
+
+def _failure_error(
+    procs: list[SpawnProcess], failures: list[tuple[int, str | None]]
+) -> LaunchError:
+    # A rank that died outright is the likelier root cause: its peers' errors
+    # are typically "connection closed" consequences of its death.
+    rank, tb = min(failures, key=lambda f: f[1] is not None)
+    others = sorted(r for r, _ in failures if r != rank)
+    also = f" (ranks {others} failed too)" if others else ""
+    if tb is not None:
+        return LaunchError(
+            f"rank {rank} failed{also}:\n{tb}", rank=rank, remote_traceback=tb
+        )
+    procs[rank].join(_TERM_GRACE_S)
+    return LaunchError(
+        f"rank {rank} died without reporting a result "
+        f"(exit code {procs[rank].exitcode}){also}",
+        rank=rank,
+    )

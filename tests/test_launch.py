@@ -27,16 +27,13 @@ def _all_reduce_worker(rank: int, world_size: int, pid_dir: Path) -> tuple[int, 
     return rank, world_size, t
 
 
-def _fail_while_peer_blocked(rank: int, world_size: int, pid_dir: Path, how: str) -> None:
+def _fail_while_peer_blocked(rank: int, world_size: int, pid_dir: Path) -> None:
     _record_pid(pid_dir, rank)
     if rank == 1:
-        time.sleep(0.5)  # let rank 0 enter its blocking call first
+        time.sleep(0.5)  # let rank 0 enter its blocking receive first
         (pid_dir / "raised_at").write_text(repr(time.time()))
         raise ValueError("boom from rank one")
-    if how == "barrier":
-        dist.barrier()
-    else:
-        dist.recv(torch.zeros(1), src=1)
+    dist.recv(torch.zeros(1), src=1)  # never satisfied: only a kill ends it
 
 
 def _sleep_worker(rank: int, world_size: int, pid_dir: Path) -> None:
@@ -48,7 +45,7 @@ def _crash_worker(rank: int, world_size: int, pid_dir: Path) -> None:
     _record_pid(pid_dir, rank)
     if rank == 1:
         os._exit(3)
-    dist.barrier()
+    dist.barrier()  # blocked in a collective when the peer dies
 
 
 def _alive(pid: int) -> bool:
@@ -79,11 +76,10 @@ def test_results_in_rank_order(tmp_path: Path) -> None:
     _assert_no_children(tmp_path, 2)
 
 
-@pytest.mark.parametrize("how", ["barrier", "recv"])
-def test_failing_rank_fails_fast(tmp_path: Path, how: str) -> None:
+def test_failing_rank_fails_fast(tmp_path: Path) -> None:
     start = time.monotonic()
     with pytest.raises(LaunchError) as info:
-        launch(_fail_while_peer_blocked, 2, tmp_path, how, timeout_s=60.0)
+        launch(_fail_while_peer_blocked, 2, tmp_path, timeout_s=60.0)
     caught_at = time.time()
     assert time.monotonic() - start < 30.0
     # Latency from the raise in rank 1 to the parent's LaunchError.
@@ -99,8 +95,8 @@ def test_failing_rank_fails_fast(tmp_path: Path, how: str) -> None:
 def test_timeout_kills_all(tmp_path: Path) -> None:
     start = time.monotonic()
     with pytest.raises(LaunchError, match="timed out") as info:
-        launch(_sleep_worker, 2, tmp_path, timeout_s=8.0)
-    assert time.monotonic() - start < 20.0
+        launch(_sleep_worker, 2, tmp_path, timeout_s=5.0)
+    assert time.monotonic() - start < 5.0 + 10.0  # timeout + kill grace, generously
     assert info.value.rank is None
     # Under heavy load a rank may not have reached fn (and written its pid) yet.
     _assert_no_children(tmp_path, None)

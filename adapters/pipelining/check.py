@@ -1,0 +1,150 @@
+"""Train a built-in example pipelined and unsplit on the same data, to compare them.
+
+`train_pipelined` runs on every rank (a `launch` worker); `train_reference` runs the unsplit
+model in one process with the same microbatch split and loss scaling (the mean over
+microbatches). Used by the engine tests and by `stagecut train`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from adapters import examples
+from adapters.fx import snapshot
+from adapters.pipelining.schedule import Pipeline, ScheduleKind
+from core import plan as make_plan
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    model: str = "gpt"
+    options: tuple[tuple[str, Any], ...] = ()
+    cuts: tuple[str, ...] = ()
+    kind: ScheduleKind = "gpipe"
+    steps: int = 3
+    num_microbatches: int = 4
+    lr: float = 0.1
+    seed: int = 0
+    dtype: str = "float64"
+    replicate: tuple[str, ...] = ()  # model inputs that are not batched
+
+    def build(self) -> examples.Example:
+        return examples.build(self.model, dtype=getattr(torch, self.dtype), seed=self.seed, **dict(self.options))
+
+
+@dataclass
+class TrainResult:
+    losses: list[float] = field(default_factory=list)  # mean microbatch loss per step
+    params: dict[str, torch.Tensor] = field(default_factory=dict)
+    seconds: list[float] = field(default_factory=list)  # per step
+    tokens: int = 0  # per step
+
+
+def loss_fn(output: Any, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy on logits for token targets (the example models are language models)."""
+    logits = output["logits"] if isinstance(output, dict) else output
+    if target.dtype in (torch.int64, torch.int32):
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+    return F.mse_loss(logits, target)
+
+
+def batches(spec: TrainSpec, example: examples.Example) -> list[tuple[tuple[Any, ...], dict[str, Any], torch.Tensor]]:
+    """`steps` batches shaped like the example's inputs; targets shaped like its output."""
+    gen = torch.Generator().manual_seed(spec.seed + 1)
+    with torch.no_grad():
+        out = example.model(*example.args, **example.kwargs)
+    logits = out["logits"] if isinstance(out, dict) else out
+
+    def like(value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and not value.is_floating_point():
+            return torch.randint(0, int(value.max()) + 1, value.shape, generator=gen, dtype=value.dtype)
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            return torch.randn(value.shape, generator=gen, dtype=value.dtype)
+        return value
+
+    def target() -> torch.Tensor:
+        if logits.dim() == 3:
+            return torch.randint(0, logits.shape[-1], logits.shape[:-1], generator=gen)
+        return torch.randn(logits.shape, generator=gen, dtype=logits.dtype)
+
+    return [
+        (tuple(like(a) for a in example.args), {k: like(v) for k, v in example.kwargs.items()}, target())
+        for _ in range(spec.steps)
+    ]
+
+
+def _split(value: Any, n: int, whole: bool = False) -> list[Any]:
+    if isinstance(value, torch.Tensor) and value.dim() > 0 and not whole:
+        return list(value.tensor_split(n))
+    return [value] * n
+
+
+def train_reference(spec: TrainSpec) -> TrainResult:
+    example = spec.build()
+    model = example.model
+    opt = torch.optim.SGD(model.parameters(), lr=spec.lr)
+    result = TrainResult()
+    n = spec.num_microbatches
+    for args, kwargs, target in batches(spec, example):
+        opt.zero_grad(set_to_none=True)
+        split_args = [_split(a, n) for a in args]
+        split_kwargs = {k: _split(v, n, k in spec.replicate) for k, v in kwargs.items()}
+        losses = [
+            loss_fn(model(*(a[i] for a in split_args), **{k: v[i] for k, v in split_kwargs.items()}), t)
+            for i, t in enumerate(target.tensor_split(n))
+        ]
+        total = torch.stack(losses).mean()
+        torch.autograd.backward(total)
+        opt.step()
+        result.losses.append(float(total.detach()))
+    result.params = {name: p.detach().clone() for name, p in model.named_parameters(remove_duplicate=False)}
+    return result
+
+
+def train_pipelined(rank: int, world_size: int, spec: TrainSpec, on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+    """A `launch` worker: every rank builds the same model and plan, then trains its stages."""
+    example = spec.build()
+    model = example.model
+    snap = snapshot(model, *example.args, cuts=list(spec.cuts), **example.kwargs)
+    plan = make_plan(snap, spec.cuts)
+    data = batches(spec, example)
+    pipe = Pipeline(
+        plan, model, kind=spec.kind, loss_fn=loss_fn, num_microbatches=spec.num_microbatches,
+        example_args=data[0][0], example_kwargs=data[0][1], replicate=spec.replicate,
+    )
+    opt = torch.optim.SGD(pipe.parameters, lr=spec.lr)
+    result = TrainResult(tokens=sum(a.numel() for a in data[0][0] if isinstance(a, torch.Tensor)))
+    for step, (args, kwargs, target) in enumerate(data):
+        start = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        losses = pipe.step(*args, target=target, **kwargs)
+        opt.step()
+        dist.barrier()
+        result.seconds.append(time.perf_counter() - start)
+        if pipe.is_last:
+            result.losses.append(float(torch.stack(losses).mean()))
+            if on_step is not None:
+                on_step(step, result.losses[-1])
+    names = {name for s in pipe.local for name in plan.stages[s].params}
+    result.params = {name: model.get_parameter(name).detach().clone() for name in sorted(names) if _is_param(model, name)}
+    return result
+
+
+def train_many(rank: int, world_size: int, specs: list[TrainSpec]) -> list[TrainResult]:
+    """Several runs in one launch: spawning ranks and importing torch costs more than training."""
+    return [train_pipelined(rank, world_size, spec) for spec in specs]
+
+
+def _is_param(model: torch.nn.Module, name: str) -> bool:
+    try:
+        model.get_parameter(name)
+        return True
+    except AttributeError:
+        return False
