@@ -1,4 +1,4 @@
-"""The `stagecut` command line: `plan`, `inspect` and `snapshot`.
+"""The `stagecut` command line: `plan`, `inspect`, `snapshot` and `train`.
 
 Exit codes: 0 success; 2 bad usage or a `PlanError` (one line on stderr, no traceback);
 1 an internal error (with its traceback).
@@ -14,7 +14,7 @@ from typing import NoReturn
 
 from core.errors import PlanError
 
-from adapters.cli import inspect_command, plan_command, snapshot_command
+from adapters.cli import inspect_command, plan_command, snapshot_command, train_command
 from adapters.cli.errors import UsageError
 
 __all__ = ["UsageError", "main"]
@@ -36,6 +36,7 @@ def parser() -> argparse.ArgumentParser:
     plan_command.add_parser(commands)
     inspect_command.add_parser(commands)
     snapshot_command.add_parser(commands)
+    train_command.add_parser(commands)
     return top
 
 

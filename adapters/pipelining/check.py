@@ -8,7 +8,6 @@ microbatches). Used by the engine tests and by `stagecut train`.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,8 +107,9 @@ def train_reference(spec: TrainSpec) -> TrainResult:
     return result
 
 
-def train_pipelined(rank: int, world_size: int, spec: TrainSpec, on_step: Callable[[int, float], None] | None = None) -> TrainResult:
-    """A `launch` worker: every rank builds the same model and plan, then trains its stages."""
+def train_pipelined(rank: int, world_size: int, spec: TrainSpec, report: bool = False) -> TrainResult:
+    """A `launch` worker: every rank builds the same model and plan, then trains its stages.
+    With `report`, the rank holding the last stage prints a progress line per step."""
     example = spec.build()
     model = example.model
     snap = snapshot(model, *example.args, cuts=list(spec.cuts), **example.kwargs)
@@ -130,11 +130,17 @@ def train_pipelined(rank: int, world_size: int, spec: TrainSpec, on_step: Callab
         result.seconds.append(time.perf_counter() - start)
         if pipe.is_last:
             result.losses.append(float(torch.stack(losses).mean()))
-            if on_step is not None:
-                on_step(step, result.losses[-1])
+            if report:
+                _report(step, spec.steps, result.losses[-1], result.tokens / result.seconds[-1])
     names = {name for s in pipe.local for name in plan.stages[s].params}
     result.params = {name: model.get_parameter(name).detach().clone() for name in sorted(names) if _is_param(model, name)}
     return result
+
+
+def _report(step: int, steps: int, loss: float, tokens_per_s: float) -> None:
+    done = round(20 * (step + 1) / steps)
+    bar = "#" * done + "-" * (20 - done)
+    print(f"[{bar}] step {step + 1}/{steps}  loss {loss:.6f}  {tokens_per_s:,.0f} tokens/s", flush=True)
 
 
 def train_many(rank: int, world_size: int, specs: list[TrainSpec]) -> list[TrainResult]:
