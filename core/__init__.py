@@ -1,7 +1,9 @@
 """stagecut's planning core: pure functions over immutable snapshots. Never imports torch."""
 
+from core.balance import balance
 from core.cuts import Cut
 from core.errors import (
+    BalanceError,
     CalledMoreThanOnce,
     CutAtRoot,
     CutError,
@@ -19,8 +21,8 @@ from core.plan import Plan, Stage, StageFigures, plan
 from core.snapshot import Module, Param, Snapshot
 
 __all__ = [
-    "Arg", "CalledMoreThanOnce", "Cut", "CutAtRoot", "CutError", "CutInsideLeaf", "DictOf",
+    "Arg", "BalanceError", "CalledMoreThanOnce", "Cut", "CutAtRoot", "CutError", "CutInsideLeaf", "DictOf",
     "DuplicateCut", "EmptyStage", "Graph", "ListOf", "MalformedSnapshot", "Module", "Node",
     "NotCalled", "Opaque", "Param", "Plan", "PlanError", "Ref", "SliceOf", "Snapshot", "Stage",
-    "StageFigures", "UnknownPath", "UnsupportedGraph", "ValueInfo", "plan",
+    "StageFigures", "UnknownPath", "UnsupportedGraph", "ValueInfo", "balance", "plan",
 ]

@@ -82,3 +82,7 @@ class EmptyStage(CutError):
 
 class UnsupportedGraph(PlanError):
     """The graph uses a construct the planner cannot inline (e.g. *args placeholders)."""
+
+
+class BalanceError(PlanError):
+    """Automatic balancing cannot run on these inputs (stage count, costs, candidates)."""
