@@ -1,7 +1,7 @@
 """`plan --stages N --cost params|flops|measured`: automatic cuts from `core.balance`.
 
 `params` and `flops` are core's cost models (`core.costs`); `measured` is a table of each
-module's forward time on the example inputs (`adapters.cli.measure`), which core prices
+module's forward + backward time on the example inputs (`adapters.fx.measure`), which core prices
 with `core.costs.by_module`.
 """
 
@@ -22,7 +22,7 @@ COSTS = ("params", "flops", "measured")
 UNITS: Mapping[str, tuple[str, float]] = {
     "params": ("parameter bytes", 1.0),
     "flops": ("forward flops, estimated from shapes", 1.0),
-    "measured": ("forward milliseconds, measured on the example inputs", 1000.0),
+    "measured": ("forward + backward milliseconds, measured on the example inputs", 1000.0),
 }
 
 

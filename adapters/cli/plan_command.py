@@ -102,7 +102,7 @@ def _choose_cuts(
 def _measure(loaded: snapshot_source.Loaded) -> dict[str, float] | None:
     if loaded.model is None:
         return None
-    from adapters.cli.measure import module_seconds
+    from adapters.fx.measure import module_seconds
 
     source = loaded.model
     return module_seconds(source.model, source.args, source.kwargs)
