@@ -9,7 +9,7 @@ from typing import Any
 from torch import fx, nn
 
 from adapters.fx.convert import arg_to_fx, call_target
-from core import Plan, Stage
+from core import Node, Plan, Stage
 
 _NOT_IDENTIFIER = re.compile(r"\W")
 _NO_DEFAULT: Any = inspect.Signature.empty  # fx's marker for a parameter without default
@@ -24,10 +24,14 @@ def stage_modules(plan: Plan, model: nn.Module) -> list[fx.GraphModule]:
 def stage_module(stage: Stage, model: nn.Module) -> fx.GraphModule:
     graph = fx.Graph()
     env: dict[str, Any] = {}
-    for node in stage.graph.nodes:
+    taken: set[str] = set()
+    nodes = _in_call_order(stage.graph.nodes, model) if stage.index == 0 else stage.graph.nodes
+    for node in nodes:
         if node.op == "placeholder":
-            # Stage 0 keeps the model's parameter names; received values get identifiers.
-            target = node.target if stage.index == 0 else _identifier(node.name)
+            # Stage 0 keeps the model's parameter names; received values get identifiers,
+            # made unique: "attn.qkv" (inlined) and "attn_qkv" (a root node) are both "attn_qkv".
+            target = node.target if stage.index == 0 else _unique(_identifier(node.name), taken)
+            taken.add(target)
             default = tuple(arg_to_fx(a, env) for a in node.args)
             env[node.name] = graph.placeholder(target, default_value=default[0] if default else _NO_DEFAULT)
         elif node.op == "output":
@@ -51,7 +55,32 @@ def run_stages(modules: list[fx.GraphModule] | list[nn.Module], *args: Any, **kw
     return values
 
 
+def _in_call_order(nodes: tuple[Node, ...], model: nn.Module) -> tuple[Node, ...]:
+    """Stage 0's placeholders in the order of the model's forward signature.
+
+    fx lists keyword-only parameters before `*args` (its code object's order), which would
+    turn `forward(x, *rest, scale=1.0)` into `forward(x, scale=1.0, *rest)`.
+    """
+    placeholders = [n for n in nodes if n.op == "placeholder"]
+    if not any(n.target.startswith("*") and not n.target.startswith("**") for n in placeholders):
+        return nodes
+    try:
+        order = {name: i for i, name in enumerate(inspect.signature(model.forward).parameters)}
+    except (TypeError, ValueError):
+        return nodes
+    if not all(n.target.lstrip("*") in order for n in placeholders):
+        return nodes
+    placeholders.sort(key=lambda n: order[n.target.lstrip("*")])
+    return (*placeholders, *(n for n in nodes if n.op != "placeholder"))
+
+
 def _identifier(name: str) -> str:
     return _NOT_IDENTIFIER.sub("_", name)
 
 
+def _unique(name: str, taken: set[str]) -> str:
+    candidate, n = name, 0
+    while candidate in taken:
+        n += 1
+        candidate = f"{name}_{n}"
+    return candidate
