@@ -39,7 +39,7 @@ def assign_stages(flat: FlatGraph) -> tuple[int, ...]:
             work[current] += 1
         stages.append(stage)
     for stage, count in enumerate(work):
-        if count == 0:
+        if count == 0 and last_stage > 0:  # without cuts, even an empty model is one stage
             before = str(flat.boundaries[stage - 1].cut) if stage > 0 else "the start of the model"
             after = str(flat.boundaries[stage].cut) if stage < last_stage else "the end of the model"
             raise EmptyStage(stage, before, after)

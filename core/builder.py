@@ -26,15 +26,19 @@ class GraphBuilder:
     def __init__(self) -> None:
         self._nodes: list[Node] = []
         self._taken: set[str] = set()
+        self._next: dict[str, int] = {}  # base name -> the suffix to try next (names never free up)
 
     def _add(
         self, op: Op, target: str, args: tuple[Arg, ...], kwargs: Mapping[str, Arg], info: ValueInfo | None, name: str | None
     ) -> Ref:
         base = name or _NOT_NAME.sub("_", target.rpartition(".")[2] if op == "call_function" else target).strip("_")
-        unique, n = base or op, 0
-        while unique in self._taken:
-            n += 1
-            unique = f"{base}_{n}"
+        unique, n = base or op, self._next.get(base, 0)
+        if unique in self._taken:
+            # The first free `base_<n>`, n >= 1; suffixes below `_next[base]` are all taken already.
+            n = max(n, 1)
+            while (unique := f"{base}_{n}") in self._taken:
+                n += 1
+            self._next[base] = n + 1
         self._taken.add(unique)
         self._nodes.append(Node(unique, op, target, args, pmap(kwargs), info))
         return Ref(unique)

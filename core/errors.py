@@ -46,7 +46,15 @@ class CutInsideLeaf(CutError):
 
 
 class NotCalled(CutError):
-    def __init__(self, path: str, children: Iterable[str]) -> None:
+    def __init__(self, path: str, children: Iterable[str], cut_path: str | None = None) -> None:
+        if cut_path is not None and cut_path != path:  # a module on the way to the root
+            super().__init__(
+                f"cut {cut_path!r}: the module {path!r} above it is never called as a module by "
+                "a traced parent, so the cut cannot reach the root graph; cut at a module that "
+                "is called."
+            )
+            self.path = cut_path
+            return
         kids = sorted(children)
         hint = f"; cut at one of its children ({kids[0]} ... {kids[-1]})" if kids else ""
         super().__init__(

@@ -128,9 +128,14 @@ class Node:
         """Names this node reads, args first, then kwargs (with repeats)."""
         out: list[str] = []
         for arg in self.args:
-            _collect_refs(arg, out)
-        for value in self.kwargs.values():
-            _collect_refs(value, out)
+            kind = type(arg)
+            if kind is Ref:  # the common case, without a call
+                out.append(arg.name)  # type: ignore[union-attr]
+            elif kind is tuple or kind is ListOf or kind is DictOf or kind is SliceOf:
+                _collect_refs(arg, out)
+        if self.kwargs:  # iterating an empty PMap costs more than all the args
+            for value in self.kwargs.values():
+                _collect_refs(value, out)
         return out
 
     def __str__(self) -> str:
@@ -166,6 +171,10 @@ class Graph:
         object.__setattr__(
             self, "_index", MappingProxyType({n.name: i for i, n in enumerate(self.nodes)})
         )
+
+    def __reduce__(self) -> tuple[type[Graph], tuple[tuple[Node, ...]]]:
+        # pickle/deepcopy rebuild the derived index (a mappingproxy cannot be pickled)
+        return (Graph, (self.nodes,))
 
     def __len__(self) -> int:
         return len(self.nodes)

@@ -86,7 +86,8 @@ class _Inliner:
         args, kwargs = node.args, node.kwargs
         if rename or any(n in env for n in node.inputs()):
             args = tuple(map_refs(a, sub) for a in node.args)
-            kwargs = pmap({k: map_refs(v, sub) for k, v in node.kwargs.items()})
+            if node.kwargs:
+                kwargs = pmap({k: map_refs(v, sub) for k, v in node.kwargs.items()})
         target = node.target
         if node.op == "call_module":
             target = join(path, node.target)
@@ -133,11 +134,22 @@ class _Inliner:
 
     @staticmethod
     def _fold(node: Node, args: tuple[Arg, ...], env: dict[str, Arg]) -> bool:
-        """`getitem` of a literal tuple/list/dict (an inlined return value) is the item itself."""
+        """An item read of a literal tuple/list/dict (an inlined return value) is the item itself:
+        `getitem`, and a dict's `.get(key[, default])` as in the seed."""
+        if node.op == "call_method" and node.target == "get" and len(args) in (2, 3) and not node.kwargs:
+            entries = _constant_keys(args[0])
+            if entries is None or not _is_key(args[1]):
+                return False
+            value = args[2] if len(args) == 3 else None
+            for k, v in entries:  # the last duplicate wins, as in a dict literal
+                if k == args[1] and type(k) is type(args[1]):
+                    value = v
+            env[node.name] = value
+            return True
         if node.op != "call_function" or node.target != GETITEM or len(args) != 2:
             return False
         container, key = args
-        if isinstance(key, bool) or not isinstance(key, (int, str)):
+        if not _is_key(key):
             return False
         items: tuple[Arg, ...] | None = None
         if type(container) is tuple:
@@ -147,9 +159,21 @@ class _Inliner:
         if items is not None and isinstance(key, int) and -len(items) <= key < len(items):
             env[node.name] = items[key]
             return True
-        if type(container) is DictOf:
-            for k, v in container.items:
+        entries = _constant_keys(container)
+        if entries is not None:
+            for k, v in reversed(entries):  # the last duplicate wins, as in a dict literal
                 if k == key and type(k) is type(key):
                     env[node.name] = v
                     return True
         return False
+
+
+def _is_key(arg: Arg) -> bool:
+    return not isinstance(arg, bool) and isinstance(arg, (int, str))
+
+
+def _constant_keys(container: Arg) -> tuple[tuple[Arg, Arg], ...] | None:
+    """The items of a dict literal whose keys are all int/str constants (so a lookup is exact)."""
+    if type(container) is DictOf and all(_is_key(k) for k, _ in container.items):
+        return container.items
+    return None

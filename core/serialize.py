@@ -28,6 +28,8 @@ def snapshot_to_json(snapshot: Snapshot) -> str:
 
 def snapshot_from_json(text: str) -> Snapshot:
     data = _load(text, SNAPSHOT_SCHEMA)
+    if "root" not in data:
+        raise MalformedSnapshot("snapshot JSON: missing field 'root'.")
     return Snapshot(_module_in(data["root"]))
 
 
@@ -51,7 +53,7 @@ def plan_from_json(text: str) -> Plan:
             ties=tuple(tuple((str(n), int(s)) for n, s in g) for g in data["ties"]),
             cuts=tuple(Cut.parse(c) for c in data["cuts"]),
         )
-    except (KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise MalformedSnapshot(f"plan JSON: missing or malformed field ({err!r}).") from err
 
 
@@ -165,9 +167,9 @@ def _module_out(module: Module) -> Json:
         "leaf_reason": module.leaf_reason,
         "params": {
             name: {"key": p.key, "numel": p.numel, "nbytes": p.nbytes, "buffer": p.buffer}
-            for name, p in module.params.items()
+            for name, p in sorted(module.params.items())
         },
-        "children": {name: _module_out(child) for name, child in module.children.items()},
+        "children": {name: _module_out(child) for name, child in module.ordered_children()},
     }
 
 

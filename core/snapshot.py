@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -32,11 +33,26 @@ class Module:
     params: PMap[str, Param] = field(default_factory=pmap)
     leaf_reason: str | None = None
 
+    def ordered_children(self) -> list[tuple[str, Module]]:
+        """Children in natural name order (`blocks.2` before `blocks.10`): a PMap keeps no
+        insertion order, and hash order changes from one process to the next."""
+        return sorted(self.children.items(), key=lambda item: _natural(item[0]))
+
     def walk(self) -> Iterator[Module]:
-        """This module and all below it, parents first, children in insertion order."""
-        yield self
-        for child in self.children.values():
-            yield from child.walk()
+        """This module and all below it, parents first, children in natural name order."""
+        stack = [self]  # iterative: nested generators cost a frame per level per module
+        while stack:
+            module = stack.pop()
+            yield module
+            if module.children:
+                stack.extend(child for _, child in reversed(module.ordered_children()))
+
+
+def _natural(name: str) -> tuple[tuple[int, int, str], ...]:
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in _DIGITS.split(name) if part)
+
+
+_DIGITS = re.compile(r"(\d+)")
 
 
 def join(prefix: str, name: str) -> str:
@@ -51,6 +67,10 @@ class Snapshot:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_modules", MappingProxyType({m.path: m for m in self.root.walk()}))
+
+    def __reduce__(self) -> tuple[type[Snapshot], tuple[Module]]:
+        # pickle/deepcopy rebuild the derived table (a mappingproxy cannot be pickled)
+        return (Snapshot, (self.root,))
 
     def to_json(self) -> str:
         from core.serialize import snapshot_to_json

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from core.cuts import Cut, CutLike, as_cut
 from core.errors import (
     CalledMoreThanOnce,
     CutAtRoot,
+    CutError,
     CutInsideLeaf,
     DuplicateCut,
     MalformedSnapshot,
@@ -21,8 +22,15 @@ from core.snapshot import Snapshot, join
 
 
 def check_snapshot(snapshot: Snapshot) -> None:
-    """Raise `MalformedSnapshot` unless every traced graph is closed, ordered and well formed."""
+    """Raise `MalformedSnapshot` unless every traced graph is closed, ordered and well formed,
+    and every module's path is its place in the tree."""
     for module in snapshot.root.walk():
+        for name, child in module.children.items():
+            if child.path != join(module.path, name):
+                raise MalformedSnapshot(
+                    f"module {child.path!r} is the child {name!r} of {module.path or '<root>'!r}, "
+                    f"so its path must be {join(module.path, name)!r}."
+                )
         if module.graph is not None:
             _check_graph(module.path, module.graph, snapshot.modules)
 
@@ -77,15 +85,46 @@ def call_sites(snapshot: Snapshot) -> dict[str, list[tuple[str, str]]]:
     return sites
 
 
+class _CallSitesOf:
+    """`call_sites(snapshot)[path]`, scanning only the graphs that can call `path`: a graph calls
+    modules below its own (targets are relative), so only `path`'s ancestors. Each graph is
+    scanned once, and the graphs of modules beside the spine never."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self._modules = snapshot.modules
+        self._tables: dict[str, dict[str, list[tuple[str, str]]]] = {}
+
+    def __call__(self, path: str) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        ancestors = [""] + [path[:i] for i, ch in enumerate(path) if ch == "."]
+        for caller in ancestors:
+            table = self._tables.get(caller)
+            if table is None:
+                table = self._tables[caller] = self._scan(caller)
+            out.extend(table.get(path, ()))
+        return out
+
+    def _scan(self, caller: str) -> dict[str, list[tuple[str, str]]]:
+        table: dict[str, list[tuple[str, str]]] = {}
+        module = self._modules.get(caller)
+        if module is not None and module.graph is not None:
+            for node in module.graph.nodes:
+                if node.op == "call_module":
+                    table.setdefault(join(caller, node.target), []).append((caller, node.name))
+        return table
+
+
 def check_cuts(snapshot: Snapshot, cuts: Iterable[CutLike]) -> Spine:
     """Normalise and check the cuts; raise a `CutError` naming the path and the fix."""
     checked = tuple(as_cut(c) for c in cuts)
     seen: set[Cut] = set()
     for cut in checked:
+        if cut.side not in ("after", "before"):
+            raise CutError(f"cut {cut.path!r}: side {cut.side!r} is neither 'after' nor 'before'.")
         if cut in seen:
             raise DuplicateCut(str(cut))
         seen.add(cut)
-    sites = call_sites(snapshot)
+    sites = _CallSitesOf(snapshot)
     inline: set[str] = set()
     for cut in checked:
         if not cut.path:
@@ -103,12 +142,12 @@ def check_cuts(snapshot: Snapshot, cuts: Iterable[CutLike]) -> Spine:
 
 
 def _unique_caller(
-    snapshot: Snapshot, sites: Mapping[str, list[tuple[str, str]]], path: str, cut_path: str
+    snapshot: Snapshot, sites: Callable[[str], list[tuple[str, str]]], path: str, cut_path: str
 ) -> str:
     modules = snapshot.modules
     if path not in modules:
         raise UnknownPath(cut_path, modules.keys())
-    calls = sites.get(path, [])
+    calls = sites(path)
     if len(calls) > 1:
         raise CalledMoreThanOnce(cut_path, path, calls[0][0], len(calls))
     if calls:
@@ -122,7 +161,7 @@ def _unique_caller(
             break
         if owner.leaf_reason is not None or not parent:
             raise CutInsideLeaf(cut_path, parent, owner.leaf_reason)
-    raise NotCalled(path, (join(path, c) for c in modules[path].children))
+    raise NotCalled(path, (join(path, c) for c in modules[path].children), cut_path)
 
 
 def _check_inlinable(snapshot: Snapshot, path: str) -> None:
