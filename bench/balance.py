@@ -27,9 +27,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core import costs  # noqa: E402
-from core.balance import balance_report, chain, partition_chain  # noqa: E402
+from core.balance import balance_report  # noqa: E402
 from core.builder import GraphBuilder, module  # noqa: E402
+from core.chain import chain  # noqa: E402
 from core.graph import ValueInfo  # noqa: E402
+from core.partition import partition_chain  # noqa: E402
 from core.snapshot import Param, Snapshot  # noqa: E402
 
 

@@ -26,20 +26,14 @@ from hypothesis import strategies as st
 
 import core
 from core import costs
-from core.balance import (
-    Balance,
-    _split_plain,
-    _split_with_links,
-    balance,
-    balance_report,
-    candidate_cuts,
-    chain,
-    partition_chain,
-)
+from core.balance import Balance, balance, balance_report
 from core.builder import GraphBuilder, module
+from core.candidates import candidate_cuts
+from core.chain import chain
 from core.cuts import Cut
 from core.errors import BalanceError, CutError, PlanError, UnknownPath
 from core.graph import Node, ValueInfo
+from core.partition import _split_plain, _split_with_links, partition_chain
 from core.snapshot import Module, Param, Snapshot
 
 PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

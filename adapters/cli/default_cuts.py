@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.balance import candidate_cuts
+from core.candidates import candidate_cuts
 from core.cuts import Cut
 from core.snapshot import Snapshot
 
@@ -18,7 +18,7 @@ class DefaultCuts:
 
 
 def equal_blocks(snapshot: Snapshot, stages: int = DEFAULT_STAGES) -> DefaultCuts:
-    """Cut after the candidate blocks of `core.balance.candidate_cuts` at equal spacing.
+    """Cut after the candidate blocks of `core.candidates.candidate_cuts` at equal spacing.
 
     The candidates are the calls of the numbered blocks that hold most of the model
     (`blocks.0` ... `blocks.7`; an encoder's and a decoder's together), or else every call

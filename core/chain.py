@@ -1,0 +1,172 @@
+"""The chain: a snapshot's candidate boundaries in execution order and the cost between them.
+
+    found = chain(snapshot, costs.params)    # Chain(boundaries, segment_costs, ...)
+
+Core's own passes (`check_cuts` + `propagate`) run with *every* candidate (`core.candidates`)
+as a cut, giving the flat graph and the position of each candidate boundary in it. The cost
+model prices every node; the sum between consecutive boundaries is a segment cost, so the work
+before the first candidate (embeddings) joins the first segment and the work after the last
+(the head) the last one. With ``with_bytes``, stage assignment and liveness on that flat graph
+give the bytes crossing each boundary. `core.partition` then splits the chain.
+
+Pricing: nodes are priced on the flat graph in which every candidate is a cut, so modules on
+the way to a candidate are inlined. `flops` and `params` give a module (nearly) one price whole or
+inlined; a table of module costs (`by_module`) prices modules that stay whole. Bytes crossing
+a boundary are exact for the plan of the chosen cuts when its spine is the candidates' spine
+(the usual case: the candidates are siblings); a plan with fewer cuts may inline less, and a
+module's tuple output then crosses whole instead of item by item.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from core.assign import assign_stages
+from core.candidates import Candidates, candidate_cuts
+from core.costs import CostContext, CostModel, ModuleCosts, by_module
+from core.cuts import Cut
+from core.errors import BalanceError, UnknownPath
+from core.graph import Graph
+from core.liveness import live_in
+from core.propagate import Boundary, FlatGraph, propagate
+from core.rules import is_compute
+from core.snapshot import Snapshot
+from core.validate import check_cuts, check_snapshot
+
+__all__ = ["Chain", "chain"]
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    """Candidate boundaries in execution order and the costs of the segments between them.
+
+    `segment_costs` has one entry more than `boundaries`: segment k ends at boundary k and the
+    last one runs to the end of the model. `boundary_bytes[k]` is what crosses boundary k
+    (None unless asked for). `merged` lists the candidates left out because nothing is
+    computed between them and the previous boundary (a stage there would be empty).
+    """
+
+    boundaries: tuple[Cut, ...]
+    segment_costs: tuple[float, ...]
+    boundary_bytes: tuple[int, ...] | None = None
+    merged: tuple[Cut, ...] = ()
+
+
+def chain(
+    snapshot: Snapshot,
+    cost: CostModel | Mapping[str, float],
+    candidates: Candidates = None,
+    *,
+    with_bytes: bool = False,
+) -> Chain:
+    """The candidate boundaries of `snapshot`, in execution order, and the segment costs.
+
+    Runs core's passes with every candidate as a cut (so bad candidates raise the same
+    `CutError`s as `core.plan`), prices every node of the flat graph with `cost`, and sums
+    the prices between consecutive boundary positions. With `with_bytes`, also the bytes of
+    the values crossing each boundary (core's stage assignment and liveness).
+    """
+    model = _cost_model(cost, snapshot)
+    check_snapshot(snapshot)
+    cuts = candidate_cuts(snapshot, candidates)
+    spine = check_cuts(snapshot, cuts)
+    flat = propagate(snapshot, spine)
+    graph = flat.graph
+    bounds = flat.boundaries
+    positions = [b.position for b in bounds]
+    raw = len(bounds) + 1
+    prices: list[list[float]] = [[] for _ in range(raw)]
+    work = [False] * raw
+    where = CostContext(snapshot, graph)
+    segment = 0
+    for i, node in enumerate(graph.nodes):
+        while segment < len(positions) and positions[segment] <= i:
+            segment += 1
+        price = model(node, where)
+        if not isinstance(price, (int, float)) or not 0.0 <= price < math.inf:
+            raise BalanceError(
+                f"cost of node {node.name!r} ({node.op} {node.target}) is {price!r}; "
+                "a cost must be a finite number >= 0."
+            )
+        if price:
+            prices[segment].append(float(price))
+        if is_compute(node):
+            work[segment] = True
+    # Keep a boundary only if something is computed since the previous kept one, and drop the
+    # last one if nothing is computed after it: every choice of kept boundaries is then valid.
+    kept: list[Boundary] = []
+    merged: list[Boundary] = []
+    groups: list[list[float]] = [[]]
+    busy = False
+    for k in range(raw):
+        groups[-1].extend(prices[k])
+        busy = busy or work[k]
+        if k < len(bounds):
+            if busy:
+                kept.append(bounds[k])
+                groups.append([])
+                busy = False
+            else:
+                merged.append(bounds[k])
+    if kept and not busy:
+        merged.append(kept.pop())
+        tail = groups.pop()
+        groups[-1].extend(tail)
+    crossing = _crossing_bytes(FlatGraph(graph, tuple(kept))) if with_bytes else None
+    return Chain(
+        tuple(b.cut for b in kept),
+        tuple(math.fsum(g) for g in groups),
+        crossing,
+        tuple(b.cut for b in sorted(merged, key=lambda b: b.position)),
+    )
+
+
+def _crossing_bytes(flat: FlatGraph) -> tuple[int, ...]:
+    graph: Graph = flat.graph
+    stages = assign_stages(flat)
+    live = live_in(graph, stages, len(flat.boundaries) + 1)
+    out = []
+    for k, boundary in enumerate(flat.boundaries):
+        total = 0
+        for name in live[k + 1]:
+            info = graph.node(name).info
+            if info is not None and info.nbytes is not None:
+                total += info.nbytes
+            elif info is None or info.kind not in ("scalar", "none"):
+                raise BalanceError(
+                    f"comm_weight needs the size of every value crossing a boundary, but "
+                    f"{name!r} (crossing {boundary.cut}) has no byte count; make the snapshot "
+                    "with shape propagation, or balance with comm_weight=0."
+                )
+        out.append(total)
+    return tuple(out)
+
+
+def _cost_model(cost: CostModel | Mapping[str, float], snapshot: Snapshot) -> CostModel:
+    model: CostModel
+    if isinstance(cost, Mapping):
+        model = by_module(cost)
+    elif callable(cost):
+        model = cost
+    else:
+        raise BalanceError(
+            f"cost={cost!r}: give a cost model (core.costs.params, core.costs.flops, ...) "
+            "or a mapping from module path to cost."
+        )
+    if isinstance(model, ModuleCosts):
+        unknown = model.unknown_paths(snapshot)
+        if unknown:
+            hint = UnknownPath(unknown[0], snapshot.modules.keys()).suggestions
+            did = f" Did you mean {', '.join(repr(s) for s in hint)}?" if hint else ""
+            raise BalanceError(
+                f"the cost table names {len(unknown)} path(s) that are not modules of the "
+                f"snapshot, first {unknown[0]!r}.{did}"
+            )
+        for path, value in model.costs.items():
+            if not 0.0 <= value < math.inf:
+                raise BalanceError(
+                    f"the cost of module {path!r} is {value!r}; a cost must be a finite number >= 0."
+                )
+    return model
