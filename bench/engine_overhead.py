@@ -1,5 +1,6 @@
 """Per-step time of stagecut's generated stages vs hand-written stage modules of the same split,
 on the same schedule (torch.distributed.pipelining, gloo, 2 CPU processes), side by side.
+Both sum the tied embedding/head gradient across the two ranks, as correct training needs.
 
 Run on demand:  PYTHONPATH=. .venv/bin/python bench/engine_overhead.py [--steps 20]
 """
@@ -98,12 +99,16 @@ def worker(rank: int, world_size: int, steps: int) -> dict[str, list[float]]:
         model.zero_grad(set_to_none=True)
         pipe.step(idx, target=target)
 
+    tied = model.tok_emb.weight  # also lm_head.weight: its copies on both ranks must be summed
+
     def handwritten() -> None:
         model.zero_grad(set_to_none=True)
         if rank == 0:
             hand.step(idx)
         else:
             hand.step(target=target, losses=[])
+        # What a hand-written pipeline must do too to train a tied embedding/head correctly.
+        dist.all_reduce(tied.grad if tied.grad is not None else torch.zeros_like(tied))
 
     # Interleave the two so machine load affects both alike.
     result: dict[str, list[float]] = {"stagecut": [], "hand-written": []}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -40,8 +41,8 @@ def _check_graph(path: str, graph: Graph, modules: Mapping[str, object]) -> None
     if not graph.nodes or graph.nodes[-1].op != "output":
         raise MalformedSnapshot(f"{where}: the graph must end with one 'output' node.")
     if len(graph.nodes) != len(graph._index):
-        seen: set[str] = set()
-        dup = next(n.name for n in graph.nodes if n.name in seen or seen.add(n.name))  # type: ignore[func-returns-value]
+        counts = Counter(n.name for n in graph.nodes)
+        dup = next(name for name, count in counts.items() if count > 1)
         raise MalformedSnapshot(f"{where}: two nodes are named {dup!r}; node names must be unique.")
     defined: set[str] = set()
     for node in graph.nodes:
