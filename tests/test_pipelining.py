@@ -18,6 +18,7 @@ RUNS_2 = [
     TrainSpec("gpt", GPT, ("blocks.1",), "1f1b"),
     TrainSpec("gpt", GPT, ("blocks.0", "blocks.1", "blocks.2"), "interleaved"),
     TrainSpec("gpt", GPT, ("blocks.0", "blocks.1", "blocks.2"), "looped_bfs"),
+    TrainSpec("gpt", GPT, ("blocks.0", "blocks.1", "blocks.2"), "zero_bubble"),
     TrainSpec("t5", T5, ("encoder.block.1",), "1f1b"),
     TrainSpec("t5", T5, ("encoder.block.0", "encoder", "decoder.block.0"), "interleaved"),
     # A boundary carrying a skip value, a tuple item, a float kwarg and a None.
