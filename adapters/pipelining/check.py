@@ -132,8 +132,9 @@ def train_pipelined(rank: int, world_size: int, spec: TrainSpec, report: bool = 
             result.losses.append(float(torch.stack(losses).mean()))
             if report:
                 _report(step, spec.steps, result.losses[-1], result.tokens / result.seconds[-1])
-    names = {name for s in pipe.local for name in plan.stages[s].params}
-    result.params = {name: model.get_parameter(name).detach().clone() for name in sorted(names) if _is_param(model, name)}
+    params = dict(model.named_parameters(remove_duplicate=False))  # stage.params lists buffers too
+    names = {name for s in pipe.local for name in plan.stages[s].params if name in params}
+    result.params = {name: params[name].detach().clone() for name in sorted(names)}
     return result
 
 
@@ -146,11 +147,3 @@ def _report(step: int, steps: int, loss: float, tokens_per_s: float) -> None:
 def train_many(rank: int, world_size: int, specs: list[TrainSpec]) -> list[TrainResult]:
     """Several runs in one launch: spawning ranks and importing torch costs more than training."""
     return [train_pipelined(rank, world_size, spec) for spec in specs]
-
-
-def _is_param(model: torch.nn.Module, name: str) -> bool:
-    try:
-        model.get_parameter(name)
-        return True
-    except AttributeError:
-        return False

@@ -24,8 +24,7 @@ from torch.distributed.pipelining import (
 from torch.distributed.pipelining._utils import generate_stage_to_rank_mapping
 from torch.distributed.pipelining.schedules import PipelineScheduleMulti, PipelineScheduleSingle
 
-from adapters.pipelining.codec import Whole
-from adapters.pipelining.stage import bind_inputs, build_stages, input_names
+from adapters.pipelining.stage import FirstInputs, bind_inputs, build_stages
 from adapters.pipelining.ties import TieSync
 from core import Plan, PlanError
 
@@ -97,7 +96,8 @@ class Pipeline:
             plan, model, self.local, device=device, num_microbatches=num_microbatches,
             example_args=example_args, example_kwargs=example_kwargs, replicate=replicate,
         )
-        self.whole = input_names(plan.stages[0], replicate)
+        first = plan.stages[0]
+        self.inputs = FirstInputs.of(first, bind_inputs(first, example_args, example_kwargs or {}), replicate)
         self.schedule = schedule(self.stages, kind, loss_fn=loss_fn, num_microbatches=num_microbatches)
         self.ties = TieSync(plan, model, self.placement, self.rank)
         self.ties.broadcast_weights()
@@ -120,15 +120,7 @@ class Pipeline:
         rank holding the last stage (else []). Zero the gradients before, step the optimizer
         over `self.parameters` after."""
         losses: list[torch.Tensor] = []
-        wire_args: list[Any] = []
-        extra: dict[str, Any] = {}
-        if self.is_first:
-            first = self.plan.stages[0]
-            for node, value in zip(first.graph.placeholders, bind_inputs(first, args, kwargs)):
-                if isinstance(value, torch.Tensor) and node.name not in self.whole:
-                    wire_args.append(value)
-                else:
-                    extra[node.name] = Whole(value)
+        wire_args, extra = self.inputs.split(args, kwargs) if self.is_first else ([], {})
         self.schedule.step(
             *wire_args, target=target if self.is_last else None,
             losses=losses if self.is_last else None, return_outputs=False, **extra,

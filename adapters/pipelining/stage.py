@@ -18,7 +18,7 @@ from torch.utils._pytree import tree_flatten
 
 from adapters.fx import stage_modules
 from adapters.fx.convert import arg_to_fx
-from adapters.pipelining.codec import StageIO, WireFormat, encode, wire_format, wire_module
+from adapters.pipelining.codec import StageIO, Whole, WireFormat, encode, wire_format, wire_module
 from core import Plan, PlanError, Stage
 
 
@@ -31,11 +31,12 @@ class StageExample:
     output_args: tuple[torch.Tensor, ...]
 
 
-def microbatch(values: Sequence[Any], names: Sequence[str], replicate: Collection[str], num_microbatches: int, index: int = 0) -> list[Any]:
-    """Microbatch `index` as the engine cuts it: tensors split on dim 0 unless replicated."""
+def microbatch(values: Sequence[Any], names: Sequence[str], keywords: Collection[str], num_microbatches: int, index: int = 0) -> list[Any]:
+    """Microbatch `index` as the engine cuts it: positional tensors split on dim 0; keyword
+    inputs (non-tensors, replicated tensors) whole."""
 
     def part(value: Any, name: str) -> Any:
-        if not isinstance(value, torch.Tensor) or name in replicate:
+        if name in keywords:
             return value
         if value.dim() == 0 or value.shape[0] % num_microbatches:
             raise PlanError(
@@ -63,13 +64,36 @@ def bind_inputs(first: Stage, args: Sequence[Any], kwargs: Mapping[str, Any]) ->
     return bound
 
 
-def input_names(first: Stage, targets: Collection[str]) -> frozenset[str]:
-    """Stage 0's input names of the model parameters called `targets`."""
-    return frozenset(n.name for n in first.graph.placeholders if n.target in targets)
+@dataclass(frozen=True)
+class FirstInputs:
+    """How the model's inputs reach stage 0: tensors positionally (the engine splits them into
+    microbatches), the rest as `Whole` keywords: non-tensors, and tensors named in `replicate`.
+    Decided once from the example inputs, so the codec and every step agree."""
+
+    first: Stage
+    keywords: frozenset[str]
+
+    @staticmethod
+    def of(first: Stage, example: Sequence[Any], replicate: Collection[str]) -> FirstInputs:
+        """`example`: the model's inputs bound in stage 0's order (`bind_inputs`)."""
+        replicated = {n.name for n in first.graph.placeholders if n.target in replicate}
+        keywords = {n for v, n in zip(example, first.inputs) if not isinstance(v, torch.Tensor) or n in replicated}
+        return FirstInputs(first, frozenset(keywords))
+
+    def split(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[list[Any], dict[str, Whole]]:
+        """A step's model inputs as the engine's positional args and keyword args."""
+        positional: list[Any] = []
+        keywords: dict[str, Whole] = {}
+        for name, value in zip(self.first.inputs, bind_inputs(self.first, args, kwargs)):
+            if name in self.keywords:
+                keywords[name] = Whole(value)
+            else:
+                positional.append(value)
+        return positional, keywords
 
 
 def stage_examples(
-    plan: Plan, modules: Sequence[fx.GraphModule], inputs: list[Any], replicate: Collection[str], device: torch.device
+    plan: Plan, modules: Sequence[fx.GraphModule], inputs: list[Any], keywords: frozenset[str], device: torch.device
 ) -> list[StageExample]:
     """Run the chain once on one microbatch of the model `inputs` (in stage 0's order) and
     derive each stage's codec and the engine's examples."""
@@ -86,11 +110,10 @@ def stage_examples(
             for buffer, saved in buffers:
                 buffer.copy_(saved)
     last_output = current
-    whole = {n for v, n in zip(inputs, plan.stages[0].inputs) if not isinstance(v, torch.Tensor) or n in replicate}
     examples = []
     for s, stage in enumerate(plan.stages):
         formats = tuple(wire_format(v, n) for v, n in zip(values[s], stage.inputs))
-        keyword = tuple(n for n in stage.inputs if n in whole) if s == 0 else ()
+        keyword = tuple(n for n in stage.inputs if n in keywords) if s == 0 else ()
         is_last = s == len(plan.stages) - 1
         if is_last:
             sent, tree = tree_flatten(last_output)
@@ -101,7 +124,7 @@ def stage_examples(
         constants = tuple(None if f.travels else v for v, f in zip(sent, out_formats)) if is_last else ()
         io = StageIO(formats, out_formats, tree, constants, keyword)
         if s == 0:
-            ins = tuple(_mark(v.to(device)) for v, n in zip(values[0], stage.inputs) if n not in whole)
+            ins = tuple(_mark(v.to(device)) for v, n in zip(values[0], stage.inputs) if n not in keywords)
         else:
             ins = _wire(values[s], formats, device)
         outs = _wire(sent, out_formats, device)
@@ -157,9 +180,9 @@ def build_stages(
     device = torch.device(device)
     modules = stage_modules(plan, model)
     first = plan.stages[0]
-    replicate = input_names(first, replicate)
     inputs = bind_inputs(first, example_args, example_kwargs or {})
-    examples = stage_examples(plan, modules, microbatch(inputs, first.inputs, replicate, num_microbatches), replicate, device)
+    keywords = FirstInputs.of(first, inputs, replicate).keywords
+    examples = stage_examples(plan, modules, microbatch(inputs, first.inputs, keywords, num_microbatches), keywords, device)
     built = []
     for s in indices:
         example = examples[s]
