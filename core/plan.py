@@ -52,6 +52,7 @@ class Plan:
     stages: tuple[Stage, ...]
     ties: tuple[TieGroup, ...]
     cuts: tuple[Cut, ...]
+    tracer: str = ""  # the frontend that made the snapshot (see `Snapshot.tracer`)
 
     @property
     def liveness(self) -> tuple[tuple[str, ...], ...]:
@@ -122,7 +123,7 @@ def _plan(snapshot: Snapshot, cuts: Iterable[CutLike]) -> Plan:
                 figures=_figures(found[s], flat.graph, live[s], outputs),
             )
         )
-    return Plan(tuple(result), ties, spine.cuts)
+    return Plan(tuple(result), ties, spine.cuts, snapshot.tracer)
 
 
 def _stage_graphs(

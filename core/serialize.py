@@ -23,20 +23,27 @@ Json = Any  # what json.loads returns
 
 
 def snapshot_to_json(snapshot: Snapshot) -> str:
-    return json.dumps({"schema": SNAPSHOT_SCHEMA, "root": _module_out(snapshot.root)}, allow_nan=False)
+    out: dict[str, Json] = {"schema": SNAPSHOT_SCHEMA, "root": _module_out(snapshot.root)}
+    if snapshot.tracer:
+        out["tracer"] = snapshot.tracer
+    return json.dumps(out, allow_nan=False)
 
 
 def snapshot_from_json(text: str) -> Snapshot:
     data = _load(text, SNAPSHOT_SCHEMA)
     if "root" not in data:
         raise MalformedSnapshot("snapshot JSON: missing field 'root'.")
-    return Snapshot(_module_in(data["root"]))
+    tracer = data.get("tracer", "")
+    if not isinstance(tracer, str):
+        raise MalformedSnapshot(f"snapshot JSON: field 'tracer' must be a string, found {tracer!r}.")
+    return Snapshot(_module_in(data["root"]), tracer)
 
 
 def plan_to_json(plan: Plan) -> str:
     return json.dumps(
         {
             "schema": PLAN_SCHEMA,
+            "tracer": plan.tracer,
             "cuts": [str(c) for c in plan.cuts],
             "ties": [[[name, stage] for name, stage in group] for group in plan.ties],
             "stages": [_stage_out(s) for s in plan.stages],
@@ -52,6 +59,7 @@ def plan_from_json(text: str) -> Plan:
             stages=tuple(_stage_in(s) for s in data["stages"]),
             ties=tuple(tuple((str(n), int(s)) for n, s in g) for g in data["ties"]),
             cuts=tuple(Cut.parse(c) for c in data["cuts"]),
+            tracer=str(data.get("tracer", "")),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise MalformedSnapshot(f"plan JSON: missing or malformed field ({err!r}).") from err

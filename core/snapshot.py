@@ -71,15 +71,19 @@ def join(prefix: str, name: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
+    """The model's module tree; `tracer` names the frontend that made it ("fx", "export", or ""
+    for a snapshot built by hand)."""
+
     root: Module
+    tracer: str = ""
     _modules: Mapping[str, Module] = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_modules", MappingProxyType({m.path: m for m in self.root.walk()}))
 
-    def __reduce__(self) -> tuple[type[Snapshot], tuple[Module]]:
+    def __reduce__(self) -> tuple[type[Snapshot], tuple[Module, str]]:
         # pickle/deepcopy rebuild the derived table (a mappingproxy cannot be pickled)
-        return (Snapshot, (self.root,))
+        return (Snapshot, (self.root, self.tracer))
 
     def to_json(self) -> str:
         from core.serialize import snapshot_to_json

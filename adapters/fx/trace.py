@@ -78,7 +78,7 @@ def snapshot(
     infos = propagate_info(model, modules, graphs, example_args, example_kwargs) if (example_args or example_kwargs) else {}
     keys = _storage_keys(model)
     root = _module_tree(model, "", graphs, reasons, infos, keys, wanted is not None)
-    return Snapshot(root)
+    return Snapshot(root, "fx")
 
 
 def _named_modules(model: nn.Module) -> Iterable[tuple[str, nn.Module]]:
