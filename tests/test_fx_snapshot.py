@@ -331,7 +331,7 @@ def test_adapters_pass_mypy_strict() -> None:
 def test_memoized_value_info_equals_running_every_leaf(name: str, by_need: bool) -> None:
     from unittest import mock
 
-    import adapters.fx.memo as memo
+    import adapters.graph.memo as memo
 
     ex = example(name)
     cuts: list[Any] | None = [] if by_need else None  # [] by need: every root child is a leaf

@@ -18,8 +18,8 @@ from torch import fx, nn
 from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
 from torch.utils._pytree import tree_map
 
-from adapters.fx.convert import value_info
-from adapters.fx.memo import MISSING, LeafMemo
+from adapters.graph.convert import value_info
+from adapters.graph.memo import MISSING, LeafMemo
 from core import ValueInfo
 from core.snapshot import join
 

@@ -15,7 +15,8 @@ import torch
 from pyrsistent import pmap
 from torch import fx, nn
 
-from adapters.fx.convert import node_to_core
+from adapters.graph.convert import node_to_core
+from adapters.graph.module_tree import NOT_ON_SPINE, module_tree, named_modules
 from adapters.fx.shapes import propagate_info
 from core import Cut, Graph, Module, Param, Snapshot
 from core.cuts import CutLike, as_cut
@@ -24,7 +25,6 @@ from core.snapshot import join
 LeafSpec = type[nn.Module] | str
 Progress = Callable[[str], None]
 
-NOT_ON_SPINE = "not traced: snapshot(cuts=...) traces only the modules on the way to a cut"
 BUILTIN = "a torch.nn built-in module"
 LISTED = "listed in leaf_modules"
 
@@ -49,7 +49,7 @@ def snapshot(
     **example_kwargs: Any,
 ) -> Snapshot:
     """Trace `model` into a `Snapshot`; with example inputs, add value info (on fake tensors)."""
-    modules = dict(_named_modules(model))
+    modules = dict(named_modules(model))
     leaves = tuple(leaf_modules)
     graphs: dict[str, fx.Graph] = {}
     reasons: dict[str, str] = {}
@@ -76,13 +76,11 @@ def snapshot(
 
     visit("")
     infos = propagate_info(model, modules, graphs, example_args, example_kwargs) if (example_args or example_kwargs) else {}
-    keys = _storage_keys(model)
-    root = _module_tree(model, "", graphs, reasons, infos, keys, wanted is not None)
-    return Snapshot(root, "fx")
-
-
-def _named_modules(model: nn.Module) -> Iterable[tuple[str, nn.Module]]:
-    return model.named_modules(remove_duplicate=False)  # type: ignore[no-any-return]
+    core_graphs = {
+        path: Graph(tuple(node_to_core(n, infos.get((path, n.name))) for n in graph.nodes))
+        for path, graph in graphs.items()
+    }
+    return Snapshot(module_tree(model, core_graphs, reasons, wanted is not None), "fx")
 
 
 def _static_leaf_reason(path: str, module: nn.Module, leaves: Sequence[LeafSpec]) -> str | None:
@@ -100,62 +98,6 @@ def _callees(path: str, graph: fx.Graph) -> list[str]:
 
 def _first_line(text: str) -> str:
     return text.strip().splitlines()[0][:200] if text.strip() else text
-
-
-def _storage_keys(model: nn.Module) -> dict[int, str]:
-    """id(tensor) -> a canonical key, equal for tensors sharing storage (tied weights)."""
-    by_storage: dict[tuple[Any, ...], str] = {}
-    keys: dict[int, str] = {}
-    named = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
-    for _, tensor in named:
-        if tensor.device.type == "meta":
-            identity: tuple[Any, ...] = ("id", id(tensor))
-        else:
-            identity = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.stride())
-        keys[id(tensor)] = by_storage.setdefault(identity, f"t{len(by_storage)}")
-    return keys
-
-
-def _module_tree(
-    module: nn.Module,
-    path: str,
-    graphs: dict[str, fx.Graph],
-    reasons: dict[str, str],
-    infos: dict[tuple[str, str], Any],
-    keys: dict[int, str],
-    by_need: bool,
-) -> Module:
-    graph = graphs.get(path)
-    reason = reasons.get(path)
-    if graph is None and reason is None and not isinstance(module, (nn.ModuleList, nn.ModuleDict)):
-        reason = NOT_ON_SPINE if by_need else "never called by a traced module"
-    params = {
-        name: Param(keys[id(t)], t.numel(), t.numel() * t.element_size(), buffer=False)
-        for name, t in module._parameters.items()
-        if t is not None
-    }
-    params.update(
-        (name, Param(keys[id(t)], t.numel(), t.numel() * t.element_size(), buffer=True))
-        for name, t in module._buffers.items()
-        if t is not None
-    )
-    core_graph = None
-    if graph is not None:
-        core_graph = Graph(tuple(node_to_core(n, infos.get((path, n.name))) for n in graph.nodes))
-    return Module(
-        path=path,
-        type_name=type(module).__name__,
-        graph=core_graph,
-        children=pmap(
-            {
-                name: _module_tree(child, join(path, name), graphs, reasons, infos, keys, by_need)
-                for name, child in module._modules.items()
-                if child is not None
-            }
-        ),
-        params=pmap(params),
-        leaf_reason=reason,
-    )
 
 
 __all__ = ["snapshot", "Cut"]

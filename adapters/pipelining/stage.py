@@ -17,7 +17,7 @@ from torch.distributed.pipelining import PipelineStage
 from torch.utils._pytree import tree_flatten
 
 from adapters.fx import stage_modules
-from adapters.fx.convert import arg_to_fx
+from adapters.graph.convert import arg_to_fx
 from adapters.pipelining.codec import StageIO, Whole, WireFormat, encode, wire_format, wire_module
 from core import Plan, PlanError, Stage
 

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import fx
 
-from adapters.fx.handles import function_name, opaque, resolve_function, resolve_opaque
+from adapters.graph.handles import function_name, opaque, resolve_function, resolve_opaque
 from core import Arg, DictOf, ListOf, Node, Opaque, Ref, SliceOf, ValueInfo
 from core.graph import Op
 

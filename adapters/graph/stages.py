@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import fx, nn
 
-from adapters.fx.convert import arg_to_fx, call_target
+from adapters.graph.convert import arg_to_fx, call_target
 from core import Node, Plan, Stage
 
 _NOT_IDENTIFIER = re.compile(r"\W")
