@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -83,12 +84,8 @@ def call_target(node: Node) -> Callable[..., Any] | str:
 def value_info(value: Any) -> ValueInfo:
     """What a value is, from a real or fake result."""
     if isinstance(value, torch.Tensor):
-        return ValueInfo(
-            "tensor",
-            tuple(int(d) for d in value.shape),
-            str(value.dtype).removeprefix("torch."),
-            value.numel() * value.element_size(),
-        )
+        shape = tuple(_hint(d) for d in value.shape)
+        return ValueInfo("tensor", shape, str(value.dtype).removeprefix("torch."), math.prod(shape) * value.element_size())
     if value is None:
         return ValueInfo("none", nbytes=0)
     if isinstance(value, (bool, int, float, torch.SymInt)):
@@ -98,6 +95,14 @@ def value_info(value: Any) -> ValueInfo:
     if isinstance(value, dict):
         return ValueInfo("dict", (len(value),), nbytes=_sum_bytes(value_info(v) for v in value.values()))
     return ValueInfo("other")
+
+
+def _hint(size: int | torch.SymInt) -> int:
+    """A size as a number: a symbolic size (export's dynamic batch) by its example value."""
+    if isinstance(size, torch.SymInt):
+        hint = size.node.hint
+        return int(hint) if hint is not None else 0
+    return int(size)
 
 
 def _sum_bytes(infos: Any) -> int | None:

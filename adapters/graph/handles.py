@@ -28,13 +28,24 @@ _FUNCTIONS: dict[str, Callable[..., Any]] = {}
 
 def function_name(fn: Callable[..., Any]) -> str:
     """A portable name for a call_function target, remembered for `resolve_function`."""
-    module = getattr(fn, "__module__", None) or "builtins"
-    name = f"{module}.{getattr(fn, '__qualname__', getattr(fn, '__name__', repr(fn)))}"
+    name = _operator_name(fn)
+    if name is None:
+        module = getattr(fn, "__module__", None) or "builtins"
+        name = f"{module}.{getattr(fn, '__qualname__', getattr(fn, '__name__', repr(fn)))}"
     known = _FUNCTIONS.setdefault(name, fn)
     if known is not fn:  # two callables with one name (e.g. closures): keep them apart
         name = f"{name}#{id(fn)}"
         _FUNCTIONS[name] = fn
     return name
+
+
+def _operator_name(fn: object) -> str | None:
+    """`torch.ops.<namespace>.<op>.<overload>` for the ATen-level targets of exported graphs."""
+    if isinstance(fn, torch._ops.OpOverload):
+        return f"torch.ops.{fn.namespace}.{fn._opname}.{fn._overloadname}"
+    if isinstance(fn, torch._ops.HigherOrderOperator):
+        return f"torch.ops.higher_order.{fn._name}"
+    return None
 
 
 def resolve_function(name: str) -> Callable[..., Any]:
@@ -46,10 +57,19 @@ def resolve_function(name: str) -> Callable[..., Any]:
 
 
 def _import(name: str) -> Callable[..., Any]:
+    if name.startswith("torch.ops."):
+        obj: Any = torch.ops
+        try:
+            for attr in name.split(".")[2:]:
+                obj = getattr(obj, attr)
+        except (AttributeError, RuntimeError):
+            pass
+        else:
+            return obj  # type: ignore[no-any-return]
     parts = name.split(".")
     for split in range(len(parts) - 1, 0, -1):
         try:
-            obj: Any = importlib.import_module(".".join(parts[:split]))
+            obj = importlib.import_module(".".join(parts[:split]))
         except ImportError:
             continue
         try:

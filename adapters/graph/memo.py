@@ -38,9 +38,13 @@ _GLOBAL_HOOKS = (
 
 
 class LeafMemo:
-    """(module structure, input metadata) -> the output's structure and tensor metadata."""
+    """(module structure, input metadata) -> the output's structure and tensor metadata.
 
-    def __init__(self) -> None:
+    With `symbolic=True` (the export frontend), symbolic sizes are keyed by their expression,
+    so blocks called on the same symbolic batch share one result."""
+
+    def __init__(self, symbolic: bool = False) -> None:
+        self.symbolic = symbolic
         self._structures: dict[int, Hashable | None] = {}
         self._outputs: dict[Hashable, tuple[Any, list[Any]]] = {}
         self.enabled = not any(getattr(module_globals, name, None) for name in _GLOBAL_HOOKS)
@@ -53,7 +57,7 @@ class LeafMemo:
             structure = self._structures[id(module)] = _structure(module)
         if structure is None:
             return None
-        inputs = _metadata((args, kwargs))
+        inputs = _metadata((args, kwargs), self.symbolic)
         return None if inputs is None else (structure, inputs)
 
     def get(self, key: Hashable) -> Any:
@@ -66,7 +70,7 @@ class LeafMemo:
 
     def put(self, key: Hashable, output: Any) -> None:
         leaves, spec = tree_flatten(output)
-        described = [_describe(leaf) for leaf in leaves]
+        described = [_describe(leaf, self.symbolic) for leaf in leaves]
         if all(d is not None for d in described):
             self._outputs[key] = (spec, described)
 
@@ -78,7 +82,7 @@ def _structure(module: nn.Module) -> Hashable | None:
             return None
         attrs = []
         for attr, value in vars(sub).items():
-            if attr in _MODULE_INTERNALS:
+            if attr in _MODULE_INTERNALS or attr in _INDEX_ONLY:
                 continue
             # Other objects (a shared config, a function) count by identity: blocks that hold
             # the same object still match, blocks that hold their own never do.
@@ -110,16 +114,23 @@ def _freeze(value: Any) -> Hashable:
     return (type(value).__name__, value)
 
 
+# A block's position in the stack (transformers' `layer_idx`) selects a cache slot, never a
+# shape: leaving it out of the key lets the blocks of a stack share one result.
+_INDEX_ONLY = frozenset({"layer_idx"})
+
+
 def _tensor_meta(t: torch.Tensor) -> Hashable:
-    return (tuple(t.shape), t.stride(), t.dtype, t.device.type, t.requires_grad)
+    if all(type(d) is int for d in t.shape):
+        return (tuple(t.shape), t.stride(), t.dtype, t.device.type, t.requires_grad)
+    return (tuple(map(str, t.shape)), tuple(map(str, t.stride())), t.dtype, t.device.type, t.requires_grad)
 
 
-def _metadata(tree: Any) -> Hashable | None:
+def _metadata(tree: Any, symbolic: bool = False) -> Hashable | None:
     leaves, spec = tree_flatten(tree)
     out: list[Hashable] = [str(spec)]
     for leaf in leaves:
         if isinstance(leaf, torch.Tensor):
-            if not all(type(d) is int for d in leaf.shape):
+            if not symbolic and not all(type(d) is int for d in leaf.shape):
                 return None  # symbolic sizes
             out.append(_tensor_meta(leaf))
         elif _simple(leaf):
@@ -129,9 +140,9 @@ def _metadata(tree: Any) -> Hashable | None:
     return tuple(out)
 
 
-def _describe(leaf: Any) -> Any:
+def _describe(leaf: Any, symbolic: bool = False) -> Any:
     if isinstance(leaf, torch.Tensor):
-        if not all(type(d) is int for d in leaf.shape):
+        if not symbolic and not all(type(d) is int for d in leaf.shape):
             return None
         return ("tensor", tuple(leaf.shape), leaf.stride(), leaf.dtype, leaf.device)
     if _simple(leaf):
