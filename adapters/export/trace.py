@@ -40,7 +40,7 @@ def snapshot_export(
         raise CaptureError("the export frontend needs example inputs: snapshot(model, *args, **kwargs).")
     modules = dict(model.named_modules())
     listed = tuple(leaf_modules)
-    wanted = _spine_targets(model, modules, cuts)
+    wanted = spine_targets(modules, cuts)
     traced = _traced(modules, wanted, listed)
     leaves = _called_leaves(modules, traced)
     captured = capture(model, example_args, example_kwargs, traced, leaves, progress)
@@ -56,7 +56,7 @@ def snapshot_export(
     return Snapshot(module_tree(model, graphs, reasons, by_need=True), "export")
 
 
-def _spine_targets(model: nn.Module, modules: Mapping[str, nn.Module], cuts: Sequence[CutLike] | None) -> list[str]:
+def spine_targets(modules: Mapping[str, nn.Module], cuts: Sequence[CutLike] | None) -> list[str]:
     """The paths the spine must reach: the cuts, or the numbered blocks without cuts."""
     if cuts is not None:
         return [as_cut(c).path for c in cuts]

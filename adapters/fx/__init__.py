@@ -1,6 +1,10 @@
-"""The torch.fx adapter: nn.Module -> Snapshot, and Plan -> runnable stage modules."""
+"""The torch.fx adapter: nn.Module -> Snapshot, and Plan -> runnable stage modules.
 
+`snapshot` is the entry point for both frontends (an exported program is an fx graph too):
+`tracer="fx" | "export" | "auto"`, see `adapters.frontend`.
+"""
+
+from adapters.frontend import snapshot
 from adapters.graph.stages import run_stages, stage_modules
-from adapters.fx.trace import snapshot
 
 __all__ = ["run_stages", "snapshot", "stage_modules"]

@@ -1,4 +1,4 @@
-"""`snapshot(model, ...)`: hierarchical tracing of an nn.Module into a core `Snapshot`.
+"""`snapshot_fx(model, ...)`: hierarchical tracing of an nn.Module into a core `Snapshot`.
 
 Each module is traced on its own with its children as leaves, so every traced module has a
 graph of its own and cuts can sit at any depth. A module that fx cannot trace becomes a leaf
@@ -40,7 +40,7 @@ class _ChildrenAreLeaves(fx.Tracer):
         return m is not self._traced
 
 
-def snapshot(
+def snapshot_fx(
     model: nn.Module,
     *example_args: Any,
     leaf_modules: Iterable[LeafSpec] = (),
@@ -100,4 +100,4 @@ def _first_line(text: str) -> str:
     return text.strip().splitlines()[0][:200] if text.strip() else text
 
 
-__all__ = ["snapshot", "Cut"]
+__all__ = ["snapshot_fx"]

@@ -1,0 +1,77 @@
+"""`snapshot(model, ...)`: the one entry point, choosing a frontend.
+
+`tracer="fx"` traces with torch.fx (fast, keeps torch-level ops, but most transformers code
+defeats it); `tracer="export"` uses torch.export (real models; needs example inputs);
+`tracer="auto"` (the default) uses fx when it reaches every module it must trace, and export
+otherwise. The snapshot records which one made it (`Snapshot.tracer`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal
+
+from torch import nn
+
+from adapters.export.capture import CaptureError
+from adapters.export.trace import snapshot_export, spine_targets
+from adapters.fx.trace import LeafSpec, snapshot_fx
+from core import PlanError, Snapshot
+from core.cuts import CutLike
+
+Tracer = Literal["auto", "fx", "export"]
+TRACERS: tuple[str, ...] = ("auto", "fx", "export")
+FX_FAILED = "fx could not trace it"
+
+
+class UntraceableModel(PlanError):
+    """Neither frontend could trace a module that must be traced."""
+
+
+def snapshot(
+    model: nn.Module,
+    *example_args: Any,
+    tracer: Tracer = "auto",
+    leaf_modules: Iterable[LeafSpec] = (),
+    cuts: Sequence[CutLike] | None = None,
+    progress: Callable[[str], None] | None = None,
+    **example_kwargs: Any,
+) -> Snapshot:
+    """Trace `model` into a `Snapshot`; with example inputs, every value gets its shape and bytes.
+
+    `cuts` traces only the modules on the way to those cuts ("trace by need"); without it, fx
+    traces every module it can and export traces the way to the model's numbered blocks.
+    """
+    if tracer not in TRACERS:
+        raise ValueError(f"tracer={tracer!r}: expected one of {', '.join(TRACERS)}")
+    leaves = tuple(leaf_modules)
+    if tracer == "export":
+        return snapshot_export(model, *example_args, leaf_modules=leaves, cuts=cuts, progress=progress, **example_kwargs)
+    traced = snapshot_fx(model, *example_args, leaf_modules=leaves, cuts=cuts, progress=progress, **example_kwargs)
+    failed = _fx_failure(traced, spine_targets(dict(model.named_modules()), cuts))
+    if tracer == "fx" or failed is None or not (example_args or example_kwargs):
+        return traced
+    try:
+        return snapshot_export(model, *example_args, leaf_modules=leaves, cuts=cuts, progress=progress, **example_kwargs)
+    except CaptureError as err:
+        path, why = failed
+        raise UntraceableModel(
+            f"neither frontend can trace {path or 'the root module'}: fx: {why}; export: {err}"
+        ) from err
+
+
+def _fx_failure(snap: Snapshot, targets: Sequence[str]) -> tuple[str, str] | None:
+    """The first module fx had to trace but could not: the root, or one above a target (a cut,
+    or the numbered blocks when there are no cuts)."""
+    needed = [""]
+    for target in targets:
+        parts = target.split(".")
+        needed.extend(".".join(parts[:i]) for i in range(1, len(parts)))
+    for path in needed:
+        module = snap.modules.get(path)
+        if module is not None and module.graph is None and (module.leaf_reason or "").startswith(FX_FAILED):
+            return path, module.leaf_reason or ""
+    return None
+
+
+__all__ = ["TRACERS", "Tracer", "UntraceableModel", "snapshot"]
