@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-# torch is pinned by constraints.txt to the CPU wheel on disk.
+# constraints.txt pins torch (to the CPU wheel on disk) and transformers (a dev dependency).
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
