@@ -427,10 +427,15 @@ def llama_config(size: str) -> LlamaConfig:
     return config
 
 
-def build_on_meta(config: PretrainedConfig, *, batch: int = 2, seq: int = 128) -> Example:
-    """`AutoModelForCausalLM.from_config(config)` on the meta device, with meta `input_ids`.
+def build_on_meta(config: PretrainedConfig, *, batch: int = 2, seq: int = 128, attention_mask: bool = True) -> Example:
+    """`AutoModelForCausalLM.from_config(config)` on the meta device, with meta inputs.
 
-    No memory is allocated for weights or inputs: shapes and dtypes only, for planning.
+    No memory is allocated for weights, buffers or inputs: shapes and dtypes only, for
+    planning. The inputs are `input_ids` (batch, seq) and, unless `attention_mask` is
+    False, an `attention_mask` of the same shape, as a tokenizer returns them. The mask
+    lets a forward on plain meta tensors run: without one, transformers looks for packed
+    sequences in the position ids with a data-dependent `.all()`, which meta tensors
+    cannot answer (fake tensors, which it recognises as tracing, can do without).
     """
     _require_transformers()
     from transformers import AutoModelForCausalLM
@@ -440,12 +445,15 @@ def build_on_meta(config: PretrainedConfig, *, batch: int = 2, seq: int = 128) -
     with torch.device("meta"):
         model = from_config(config)
     input_ids = torch.zeros((batch, seq), dtype=torch.long, device="meta")
+    kwargs: dict[str, Any] = {"input_ids": input_ids}
+    if attention_mask:
+        kwargs["attention_mask"] = torch.ones((batch, seq), dtype=torch.long, device="meta")
     n_params = sum(p.numel() for p in model.parameters())
     return Example(
         name=f"{config.model_type}-meta",
         model=model,
         args=(),
-        kwargs={"input_ids": input_ids},
+        kwargs=kwargs,
         description=f"{type(model).__name__} on the meta device, {n_params / 1e9:.2f}B parameters",
     )
 
