@@ -98,7 +98,7 @@ class _ModuleGraph:
         self.record, self.path, self.attrs, self.program, self.aliases = record, path, attrs, program, aliases
         self.by_name = by_name
         self.nodes: list[Node] = []
-        self.names: set[str] = set()
+        self.names: set[str] = {"output"}  # the output node's name
         self.values: dict[fx.Node, Arg] = {}  # export node -> its value here
         self.calls: dict[int, tuple[str, dict[int, tuple[Any, ...]]]] = {}  # call id -> (node, slot paths)
         self.reads: dict[tuple[str, tuple[Any, ...]], str] = {}  # (node, path) -> getitem node
