@@ -14,10 +14,12 @@ batch of at least 2. Every dropout probability is 0 and ``use_cache`` is off, so
 
 Attention is ``"eager"`` unless ``attn_implementation="sdpa"``: plain matmul and
 softmax, which every model here supports, deterministic on the CPU in float32 and
-float64 and free of the fused CUDA kernels whose backward is not. In float64 the
-llama family, opt and vit still take their attention softmax in float32 (as do the
-llama family's RMSNorm, rotary angles and Mixtral's router in either implementation):
-the results repeat exactly, but agree with float32 to ~1e-7, not to float64 precision.
+float64 and free of the fused CUDA kernels whose backward is not. transformers
+computes some steps in float32 whatever the dtype: the eager attention softmax of the
+llama family, opt and vit; the llama family's RMSNorm and rotary angles and Mixtral's
+router (with either attention); and the causal-LM loss (its logits are upcast with
+``.float()``, so a float64 causal LM returns a float32 loss). Float64 results repeat
+exactly, but carry float32 rounding (~1e-7 relative) from those steps.
 Mixtral's experts are ``"batched_mm"``: a gather of each token's expert weights and a
 batched matmul, with no shape that depends on the routing. (``"eager"`` loops over the
 experts a batch hits; the default ``"grouped_mm"`` rejects float64 on the CPU.)
