@@ -156,14 +156,23 @@ class _Session:
         key = self.memo.key(module, args, kwargs)
         if key is not None and (known := self.memo.get(key)) is not MISSING:
             return known
+        shape_env = getattr(torch._guards.detect_fake_mode(), "shape_env", None)
+        pending = list(shape_env.pending_fresh_unbacked_symbols) if shape_env is not None else []
         try:
             with disable_proxy_modes_tracing():
                 result = forward(*args, **kwargs)
         except Exception as err:  # data-dependent code cannot run on fake tensors
-            result = self._zeros_result(record, args, kwargs, err)
+            failed: Exception | None = err
         else:
+            failed = None
             if key is not None:
                 self.memo.put(key, result)
+        finally:
+            # Sizes made up inside the untraced run never reach the graph: forget them.
+            if shape_env is not None:
+                shape_env.pending_fresh_unbacked_symbols[:] = pending
+        if failed is not None:
+            result = self._zeros_result(record, args, kwargs, failed)
         return result
 
     def _zeros_result(self, record: CallRecord, args: tuple[Any, ...], kwargs: dict[str, Any], why: Exception) -> Any:
@@ -184,17 +193,17 @@ class _Session:
         rng = torch.random.get_rng_state()
         self.bypass = True
         try:
-            with torch._subclasses.fake_tensor.unset_fake_temporarily(), torch.no_grad():
+            # No torch.no_grad() here: export would record the grad-mode switch as a region.
+            with disable_proxy_modes_tracing(), torch._subclasses.fake_tensor.unset_fake_temporarily():
                 real_args = tree_map(_zeros, (args, kwargs))
-                result = torch.func.functional_call(module, state, real_args[0], real_args[1])
+                result = tree_map(_detached, torch.func.functional_call(module, state, real_args[0], real_args[1]))
         except Exception as err:
             raise CaptureError(f"{path}: cannot run on fake tensors ({_reason(why)}), nor on zeros ({_reason(err)})") from err
         finally:
             self.bypass = False
             torch.random.set_rng_state(rng)
-            with torch.no_grad():
-                for k, value in saved.items():
-                    state[k].copy_(value)
+            for k, value in saved.items():
+                state[k].data.copy_(value)
         record.note = "shapes from a run on zeros (its code needs real values)"
         assert fake_mode is not None
         return tree_map(lambda v: _refake(fake_mode, v, batch), result)
@@ -280,13 +289,17 @@ def _zeros(value: Any) -> Any:
     return value
 
 
+def _detached(value: Any) -> Any:
+    return value.detach() if isinstance(value, torch.Tensor) else value
+
+
 def _refake(mode: Any, value: Any, batch: Mapping[int, torch.SymInt]) -> Any:
     if not isinstance(value, torch.Tensor):
         return value
     sizes: list[Any] = list(value.shape)
     if sizes and sizes[0] in batch:
         sizes[0] = batch[sizes[0]]
-    with mode:
+    with disable_proxy_modes_tracing(), mode:
         return torch.empty(sizes, dtype=value.dtype, device=value.device)
 
 

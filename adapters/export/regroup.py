@@ -215,6 +215,12 @@ class _ModuleGraph:
         if node.op == "get_attr":
             self.values[node] = opaque(getattr(self.program.graph_module, str(node.target)))
             return
+        if isinstance(node.target, torch._ops.HigherOrderOperator):
+            raise RegroupError(
+                f"{self.path or 'the root module'} runs {node.target._name} (a torch.no_grad() or "
+                "autocast region) in its own code, which stage modules cannot rebuild yet; keep "
+                "the cuts out of this module, or use tracer='fx'."
+            )
         name = self._name(node.name)
         args = tuple(self._arg(a) for a in node.args)
         kwargs = pmap({k: self._arg(v) for k, v in node.kwargs.items()})
