@@ -7,6 +7,7 @@ microbatches). Used by the engine tests and by `stagecut train`.
 
 from __future__ import annotations
 
+import importlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +36,16 @@ class TrainSpec:
     replicate: tuple[str, ...] = ()  # model inputs that are not batched
 
     def build(self) -> examples.Example:
-        return examples.build(self.model, dtype=getattr(torch, self.dtype), seed=self.seed, **dict(self.options))
+        """The model: a built-in example, `hf:<name>` (adapters.hf_models), or
+        `package.module:factory` (called with the options, after seeding torch)."""
+        dtype = getattr(torch, self.dtype)
+        if self.model.startswith("hf:"):
+            from adapters import hf_models
+
+            return hf_models.build(self.model[3:], dtype=dtype, seed=self.seed, **dict(self.options))
+        if ":" in self.model:
+            return _from_factory(self.model, self.seed, dict(self.options))
+        return examples.build(self.model, dtype=dtype, seed=self.seed, **dict(self.options))
 
 
 @dataclass
@@ -46,8 +56,26 @@ class TrainResult:
     tokens: int = 0  # per step
 
 
+def _from_factory(spec: str, seed: int, options: dict[str, Any]) -> examples.Example:
+    """`package.module:factory` -> an Example; every rank calls it after the same seeding."""
+    module_name, _, attribute = spec.partition(":")
+    factory: Any = importlib.import_module(module_name)
+    for part in attribute.split("."):
+        factory = getattr(factory, part)
+    torch.manual_seed(seed)
+    built = factory(**options)
+    if isinstance(built, tuple):
+        model, args, kwargs = (*built, {}) if len(built) == 2 else built
+        return examples.Example(spec, model, tuple(args), dict(kwargs), spec)
+    return examples.Example(spec, built.model, tuple(built.args), dict(getattr(built, "kwargs", {})), spec)
+
+
 def loss_fn(output: Any, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy on logits for token targets (the example models are language models)."""
+    """The model's own loss when it computed one (a transformers model given `labels`), else
+    cross-entropy on logits for token targets, or the mean squared error for float targets."""
+    if isinstance(output, dict) and output.get("loss") is not None:
+        loss: torch.Tensor = output["loss"]
+        return loss
     logits = output["logits"] if isinstance(output, dict) else output
     if target.dtype in (torch.int64, torch.int32):
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
