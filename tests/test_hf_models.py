@@ -188,3 +188,18 @@ def test_untraceable_root_names_module_reason_and_fix() -> None:
     text = str(info.value)
     assert "the root module" in text and "test_hf_models.py:" in text
     assert "leaf" in text
+
+
+@pytest.mark.parametrize("name", hf_models.HF_MODELS)
+def test_cli_plans_and_inspects_each_model(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from adapters.cli import main
+
+    model = ["--model", "adapters.hf_models:make", "-o", f"name={name}", "-o", "n_layers=4"]
+    assert main(["plan", *model, "--stages", "2"]) == 0
+    table = capsys.readouterr().out
+    assert "stage" in table and "params" in table
+    rows = [line for line in table.splitlines() if line.strip()[:1].isdigit()]
+    assert len(rows) >= 2, table
+    assert main(["inspect", *model]) == 0
+    tree = capsys.readouterr().out
+    assert "traced" in tree, tree
