@@ -1,6 +1,6 @@
 """Run a plan on torch.distributed.pipelining: stages, schedules, tied-weight sync."""
 
-from adapters.pipelining.codec import UnsupportedBoundaryValue
+from adapters.engine.codec import UnsupportedBoundaryValue
 from adapters.pipelining.schedule import Pipeline, ScheduleKind, schedule, stage_ranks
 from adapters.pipelining.stage import build_stages, pipeline_stage
 

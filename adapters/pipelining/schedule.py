@@ -24,8 +24,9 @@ from torch.distributed.pipelining import (
 from torch.distributed.pipelining._utils import generate_stage_to_rank_mapping
 from torch.distributed.pipelining.schedules import PipelineScheduleMulti, PipelineScheduleSingle
 
-from adapters.pipelining.stage import FirstInputs, bind_inputs, build_stages
-from adapters.pipelining.ties import TieSync
+from adapters.engine.inputs import FirstInputs, bind_inputs
+from adapters.engine.ties import TieSync
+from adapters.pipelining.stage import build_stages, split_inputs
 from core import Plan, PlanError
 
 ScheduleKind = Literal["gpipe", "1f1b", "interleaved", "looped_bfs", "zero_bubble"]
@@ -120,7 +121,7 @@ class Pipeline:
         rank holding the last stage (else []). Zero the gradients before, step the optimizer
         over `self.parameters` after."""
         losses: list[torch.Tensor] = []
-        wire_args, extra = self.inputs.split(args, kwargs) if self.is_first else ([], {})
+        wire_args, extra = split_inputs(self.inputs, args, kwargs) if self.is_first else ([], {})
         self.schedule.step(
             *wire_args, target=target if self.is_last else None,
             losses=losses if self.is_last else None, return_outputs=False, **extra,
