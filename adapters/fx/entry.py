@@ -8,6 +8,8 @@ otherwise. The snapshot records which one made it (`Snapshot.tracer`).
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import replace
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
@@ -44,6 +46,8 @@ def snapshot(
     """
     if tracer not in TRACERS:
         raise ValueError(f"tracer={tracer!r}: expected one of {', '.join(TRACERS)}")
+    if example_args or example_kwargs:
+        _check_call(model, example_args, example_kwargs)
     leaves = tuple(leaf_modules)
     if tracer == "export":
         return snapshot_export(model, *example_args, leaf_modules=leaves, cuts=cuts, progress=progress, **example_kwargs)
@@ -55,9 +59,37 @@ def snapshot(
         return snapshot_export(model, *example_args, leaf_modules=leaves, cuts=cuts, progress=progress, **example_kwargs)
     except CaptureError as err:
         path, why = failed
+        if path:
+            # The rest of the model is traced: keep fx's snapshot, and let planning name this
+            # module (CutInsideLeaf) with both reasons.
+            return _with_reason(traced, path, f"{why}; torch.export could not either: {err}")
         raise UntraceableModel(
             f"neither frontend can trace {path or 'the root module'}: fx: {why}; export: {err}"
         ) from err
+
+
+def _with_reason(snap: Snapshot, path: str, reason: str) -> Snapshot:
+    """`snap` with the leaf reason of the module at `path` replaced (rebuilt along the path)."""
+    parts = path.split(".")
+    chain = [snap.root]
+    for part in parts:
+        chain.append(chain[-1].children[part])
+    module = replace(chain[-1], leaf_reason=reason)
+    for parent, part in zip(reversed(chain[:-1]), reversed(parts)):
+        module = replace(parent, children=parent.children.set(part, module))
+    return Snapshot(module, snap.tracer)
+
+
+def _check_call(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Example inputs the model does not take are a TypeError, as calling the model is."""
+    try:
+        signature = inspect.signature(model.forward)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as err:
+        raise TypeError(f"the example inputs do not fit {type(model).__name__}.forward{signature}: {err}") from None
 
 
 def _fx_failure(snap: Snapshot, targets: Sequence[str]) -> tuple[str, str] | None:

@@ -17,6 +17,7 @@ from torch import fx, nn
 
 from adapters.graph.convert import node_to_core
 from adapters.graph.module_tree import NOT_ON_SPINE, module_tree, named_modules
+from adapters.fx.bind import example_bindings, restore_names
 from adapters.fx.shapes import propagate_info
 from core import Cut, Graph, Module, Param, Snapshot
 from core.cuts import CutLike, as_cut
@@ -35,6 +36,9 @@ class _ChildrenAreLeaves(fx.Tracer):
     def __init__(self, traced: nn.Module) -> None:
         super().__init__()
         self._traced = traced
+        # Buffers as graph values: an in-place update (`self.step.add_(1)`) is recorded, not
+        # run on the real buffer while tracing.
+        self.proxy_buffer_attributes = True
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return m is not self._traced
@@ -54,6 +58,8 @@ def snapshot_fx(
     graphs: dict[str, fx.Graph] = {}
     reasons: dict[str, str] = {}
     wanted = None if cuts is None else [as_cut(c).path for c in cuts]
+    has_example = bool(example_args or example_kwargs)
+    bindings = example_bindings(model, modules, example_args, example_kwargs) if has_example else {}
 
     def visit(path: str) -> None:
         reason = _static_leaf_reason(path, modules[path], leaves)
@@ -63,7 +69,9 @@ def snapshot_fx(
         if progress is not None:
             progress(path or "<root>")
         try:
-            graphs[path] = _ChildrenAreLeaves(modules[path]).trace(modules[path])
+            concrete = bindings.get(path)
+            graphs[path] = _ChildrenAreLeaves(modules[path]).trace(modules[path], concrete_args=concrete or None)
+            restore_names(graphs[path], modules[path], concrete or {})
         except Exception as err:  # fx raises many kinds; all mean "not traceable"
             reasons[path] = _first_line(f"fx could not trace it: {type(err).__name__}: {err}")
             return
@@ -75,7 +83,7 @@ def snapshot_fx(
                 visit(callee)
 
     visit("")
-    infos = propagate_info(model, modules, graphs, example_args, example_kwargs) if (example_args or example_kwargs) else {}
+    infos = propagate_info(model, modules, graphs, example_args, example_kwargs) if has_example else {}
     core_graphs = {
         path: Graph(tuple(node_to_core(n, infos.get((path, n.name))) for n in graph.nodes))
         for path, graph in graphs.items()
