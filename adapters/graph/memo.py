@@ -86,6 +86,9 @@ def _structure(module: nn.Module) -> Hashable | None:
                 continue
             # Other objects (a shared config, a function) count by identity: blocks that hold
             # the same object still match, blocks that hold their own never do.
+            if attr == "forward" and hasattr(value, "__wrapped__"):
+                # A forward wrapped per instance (the export capture's): what it runs counts.
+                value = getattr(value.__wrapped__, "__func__", value.__wrapped__)
             attrs.append((attr, _freeze(value) if _simple(value) else ("object", id(value))))
         tensors = [
             (kind, local, None if t is None else _tensor_meta(t))
