@@ -82,7 +82,7 @@ def toy_snapshot() -> Snapshot:
 # -- reading the table
 
 
-def table_rows(stdout: str, numbers: int = 3) -> dict[int, tuple[str, list[str]]]:
+def table_rows(stdout: str, numbers: int = 4) -> dict[int, tuple[str, list[str]]]:
     """stage -> (modules on its first line, the number cells) from a printed plan table."""
     rows = {}
     for line in stdout.splitlines():
@@ -93,13 +93,13 @@ def table_rows(stdout: str, numbers: int = 3) -> dict[int, tuple[str, list[str]]
 
 
 def assert_table_matches(stdout: str, expected: Plan, costs: int = 0) -> None:
-    rows = table_rows(stdout, 3 + costs)
+    rows = table_rows(stdout, 4 + costs)
     assert sorted(rows) == [s.index for s in expected.stages]
     for stage in expected.stages:
         modules, cells = rows[stage.index]
         fig = stage.figures
         assert ", ".join(compress_paths(stage.modules)).startswith(modules)
-        assert cells[:3] == [human(fig.params), human(fig.bytes_in, "B"), human(fig.bytes_out, "B")]
+        assert cells[:4] == [human(fig.params), human(fig.param_bytes, "B"), human(fig.bytes_in, "B"), human(fig.bytes_out, "B")]
         if stage.bypass:
             assert f"bypass: {stage.bypass[0]} (" in stdout
     for group in expected.ties:
@@ -272,7 +272,7 @@ def test_a_factory_in_a_file_shows_progress_on_a_terminal_and_its_snapshot_plans
     inspected = stagecut("inspect", "--snapshot", "s.json", cwd=folder, block_torch=no_torch)
     assert inspected.returncode == 0, inspected.stderr
     lines = inspected.stdout.splitlines()
-    assert lines[1] == f"traced 3 modules, 4 leaves, 1 container (not called); {len(cut_points(saved))} cut points"
+    assert lines[1] == f"traced with fx: 3 modules, 4 leaves, 1 container (not called); {len(cut_points(saved))} cut points"
     rows = [line.split() for line in lines[4:10]]
     assert rows == [
         ["<root>", "Net", "-", "traced"],
@@ -343,7 +343,7 @@ def test_stages_balances_with_core_balance(tmp_path: Path, no_torch: Path) -> No
     report = balance_report(toy_snapshot(), 2, cost=costs.params)
     expected = plan(toy_snapshot(), report.cuts)
     assert_table_matches(result.stdout, expected, costs=1)
-    assert [row[1][-1] for row in table_rows(result.stdout, 4).values()] == [human(c) for c in report.stage_costs]
+    assert [row[1][-1] for row in table_rows(result.stdout, 5).values()] == [human(c) for c in report.stage_costs]
     assert f"imbalance (max/mean): {report.imbalance:.3f}" in result.stdout
 
 

@@ -15,6 +15,7 @@ from adapters.cli.errors import UsageError
 from adapters.cli.inspect_command import render_tree
 from adapters.cli.model_source import parse_options
 from adapters.cli.progress import Progress
+from adapters.cli.table import render_table as cli_table
 from core import Param, PlanError, Snapshot, plan
 from core.builder import GraphBuilder, module
 from core.dot import render_dot
@@ -50,6 +51,9 @@ def test_dot_table_and_tree_render_any_plan(data: st.DataObject) -> None:
     assert_dot(render_dot(result, 'a "quoted" title'), result)
     table = render_table(result, [1.5] * len(result.stages))
     assert all(len(line) <= 80 for line in table.splitlines()), table
+    for costs in (None, [1.5e12] * len(result.stages)):  # the command line's table, with param bytes
+        table = cli_table(result, costs)
+        assert all(len(line) <= 80 for line in table.splitlines()), table
     assert render_tree(snapshot).count("\n") >= 4
 
 

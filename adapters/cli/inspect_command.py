@@ -15,13 +15,14 @@ from typing import Any
 
 from core.snapshot import Module, Snapshot, join
 
-from adapters.cli import snapshot_source
+from adapters.cli import snapshot_source, untraced
 from adapters.cli.cut_points import cut_points
 from adapters.cli.progress import Progress
 
 DESCRIPTION = """\
-Show the model's module tree: which modules were traced (their graphs are known),
-which stayed leaves and why, and where a cut is possible (a module called exactly
+Show the model's module tree and the tracer that made it (fx or export): which
+modules were traced (their graphs are known), which stayed leaves and why, and
+where a cut is possible (a module called exactly
 once, on a chain of such calls up to the root). Numbered siblings that look the
 same are shown once, as a range such as 0-11.
 """
@@ -59,11 +60,11 @@ def render_tree(snapshot: Snapshot, max_depth: int | None = None) -> str:
     def signature(module: Module) -> object:
         if module.path not in signatures:
             kids = tuple((name, signature(child)) for name, child in _children(module, order))
-            signatures[module.path] = (module.type_name, _status(module), module.path in cuttable, kids)
+            signatures[module.path] = (module.type_name, _status(snapshot, module), module.path in cuttable, kids)
         return signatures[module.path]
 
     def visit(module: Module, name: str, depth: int) -> None:
-        rows.append(_Row(depth, name, module.type_name, module.path in cuttable, _status(module)))
+        rows.append(_Row(depth, name, module.type_name, module.path in cuttable, _status(snapshot, module)))
         if max_depth is not None and depth >= max_depth:
             return
         kids = _children(module, order)
@@ -90,13 +91,14 @@ def render_tree(snapshot: Snapshot, max_depth: int | None = None) -> str:
 def _format(snapshot: Snapshot, rows: list[_Row], cuttable: frozenset[str]) -> str:
     reasons: dict[str, int] = {}
     modules = list(snapshot.root.walk())
-    leaves = Counter(m.leaf_reason for m in modules if m.graph is None and m.leaf_reason is not None)
+    leaves = Counter(_status(snapshot, m) for m in modules if m.graph is None and m.leaf_reason is not None)
     traced = sum(1 for m in modules if m.graph is not None)
     containers = sum(1 for m in modules if m.graph is None and m.leaf_reason is None)
     name_width = min(max(2 * r.depth + len(r.name) for r in rows), 40)
     type_width = min(max(len("type"), *(len(r.type_name) for r in rows)), 24)
+    tracer = f" with {snapshot.tracer}:" if snapshot.tracer else ""
     lines = [
-        f"traced {_count(traced, 'module')}, {_count(sum(leaves.values()), 'leaf', 'leaves')}, "
+        f"traced{tracer} {_count(traced, 'module')}, {_count(sum(leaves.values()), 'leaf', 'leaves')}, "
         f"{_count(containers, 'container')} (not called); {_count(len(cuttable), 'cut point')}",
         "",
         f"{'module':<{name_width}}  {'type':<{type_width}}  cut  status",
@@ -120,10 +122,11 @@ def _count(n: int, one: str, many: str | None = None) -> str:
     return f"{n} {one if n == 1 else many or one + 's'}"
 
 
-def _status(module: Module) -> str:
+def _status(snapshot: Snapshot, module: Module) -> str:
     if module.graph is not None:
         return "traced"
-    return module.leaf_reason if module.leaf_reason is not None else "container"
+    reason = untraced.shown_reason(snapshot, module)
+    return reason if reason is not None else "container"
 
 
 _DIGITS = re.compile(r"(\d+)")

@@ -65,7 +65,13 @@ def _value(key: str, text: str) -> Any:
 
 
 def load(spec: str, options: Mapping[str, Any]) -> ModelSource:
-    """Build the model named by `spec`; every way of getting it wrong is a `UsageError`."""
+    """Build the model named by `spec`; every way of getting it wrong is a `UsageError`.
+
+    So is an `ImportError` the factory raises (a package the model needs is missing), and a
+    `ValueError` or `TypeError` it raises when given options: the options are taken to be wrong
+    (the message says where it was raised). Any other exception, or one raised with no options
+    given, is the factory's own bug and keeps its traceback.
+    """
     if ":" not in spec:
         return _builtin(spec, options)
     target, _, attribute = spec.rpartition(":")
@@ -151,12 +157,32 @@ def _check_options(where: str, factory: Callable[..., Any], options: Mapping[str
         raise UsageError(f"{where}: bad options ({err}){known}") from err
 
 
+def _shown(options: Mapping[str, Any]) -> str:
+    return " ".join(f"-o {key}={value!r}" for key, value in options.items())
+
+
+def _origin(err: BaseException) -> str:
+    """Where `err` was raised, as `ValueError at file.py:12`, so a bug is still easy to find."""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = f" at {Path(tb.tb_frame.f_code.co_filename).name}:{tb.tb_lineno}" if tb is not None else ""
+    return f"{type(err).__name__}{where}"
+
+
 def _call(spec: str, factory: Any, options: Mapping[str, Any]) -> ModelSource:
     where = f"--model {spec}"
     if not callable(factory) or _is_module(factory):
         raise UsageError(f"{where}: is of type {type(factory).__name__!r}, not a factory; point at a function returning (model, args)")
     _check_options(where, factory, options)
-    result = factory(**options)
+    try:
+        result = factory(**options)
+    except ImportError as err:  # a package the model needs is missing (adapters.hf_models names its extra)
+        raise UsageError(f"{where}: {' '.join(str(err).split())}") from err
+    except (ValueError, TypeError) as err:
+        if not options:
+            raise  # no options to blame: a bug in the factory, shown with its traceback
+        raise UsageError(f"{where}: {' '.join(str(err).split())} ({_origin(err)}, with {_shown(options)})") from err
     if isinstance(result, tuple) and len(result) in (2, 3):
         model, args, kwargs = (*result, None) if len(result) == 2 else result
     elif hasattr(result, "model") and hasattr(result, "args"):

@@ -10,17 +10,20 @@ from typing import Any
 
 from core.cuts import CutLike
 from core.dot import render_dot
-from core.plan import plan
-from core.table import render_table
+from core.errors import CutInsideLeaf
+from core.plan import Plan, plan
+from core.snapshot import Snapshot
 
-from adapters.cli import balancing, files, snapshot_source
+from adapters.cli import balancing, files, snapshot_source, untraced
 from adapters.cli.default_cuts import DEFAULT_STAGES, equal_blocks
 from adapters.cli.errors import UsageError
 from adapters.cli.progress import Progress
+from adapters.cli.table import render_table
 
 DESCRIPTION = f"""\
 Cut a model into pipeline stages and print the plan: one row per stage with its
-modules, parameters, bytes received and sent per microbatch, and bypass values.
+modules, parameters (count and bytes), bytes received and sent per microbatch, and
+bypass values.
 With no cuts, the model's numbered blocks are cut into {DEFAULT_STAGES} equal groups.
 """
 
@@ -57,7 +60,7 @@ def run(ns: argparse.Namespace) -> int:
         files.write_text(ns.save_snapshot, "snapshot", loaded.snapshot.to_json())
     cost = ns.cost or "params"
     cuts, why, balanced = _choose_cuts(ns, loaded, cost)
-    result = plan(loaded.snapshot, cuts)
+    result = _plan(loaded.snapshot, cuts)
     costs = None if balanced is None else balanced.costs
 
     if ns.format == "json":
@@ -65,7 +68,8 @@ def run(ns: argparse.Namespace) -> int:
     else:
         shown = ", ".join(str(c) for c in result.cuts) or "none"
         print(f"{loaded.name}: {loaded.description}")
-        print(textwrap.fill(f"cuts: {shown} ({why})", 78, subsequent_indent="  "))
+        traced = f"traced with {result.tracer}; " if result.tracer else ""
+        print(textwrap.fill(f"{traced}cuts: {shown} ({why})", 78, subsequent_indent="  "))
         print()
         print(render_table(result) if costs is None else render_table(result, costs))
         if balanced is not None:
@@ -83,6 +87,16 @@ def run(ns: argparse.Namespace) -> int:
 
             files.write(path, "chart", lambda p: save_chart(result, p, fmt, title, costs, f"cost ({cost})"))
     return 0
+
+
+def _plan(snapshot: Snapshot, cuts: Sequence[CutLike]) -> Plan:
+    try:
+        return plan(snapshot, cuts)
+    except CutInsideLeaf as err:
+        better = untraced.blame(snapshot, err)
+        if better is err:
+            raise
+        raise better from err
 
 
 def _choose_cuts(
