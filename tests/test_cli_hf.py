@@ -140,6 +140,7 @@ def test_bad_hf_config_arguments_are_usage_errors(tmp_path: Path, capsys: pytest
         "snapshot and tracer": (["inspect", "--snapshot", str(tmp_path / "toy.json"), "--tracer", "fx"], "--snapshot replaces"),
         "other options": (["plan", "--hf-config", config, "-o", "n_layers=2"], "-o batch=N and -o seq=N"),
         "bad seq": (["plan", "--hf-config", config, "-o", "seq=0"], "positive integer"),
+        "measured on meta": (["plan", "--hf-config", config, "--stages", "2", "--cost", "measured"], "meta device"),
         "missing": (["plan", "--hf-config", str(tmp_path / "nope.json")], "cannot read transformers config"),
         "no model_type": (["plan", "--hf-config", str(tmp_path / "untyped.json")], 'no "model_type" field'),
         "unknown model_type": (["plan", "--hf-config", str(tmp_path / "alien.json")], "no-such-model"),

@@ -53,6 +53,9 @@ def run(ns: argparse.Namespace) -> int:
         raise UsageError("--stages and --cut both choose the cuts; give one or the other")
     if ns.cost is not None and ns.stages is None:
         raise UsageError("--cost says what --stages balances; give --stages N too")
+    if ns.cost == "measured" and getattr(ns, "hf_config", None) is not None:
+        raise UsageError("--cost measured runs the model, which --hf-config builds on the meta device (no data); "
+                         "use --cost params or flops")
     # Explicit cuts need only the modules on their way traced, unless the snapshot is kept.
     by_need = ns.cut if ns.cut and ns.save_snapshot is None else None
     loaded = snapshot_source.load(ns, Progress(), by_need)
