@@ -34,6 +34,8 @@ class TrainSpec:
     seed: int = 0
     dtype: str = "float64"
     replicate: tuple[str, ...] = ()  # model inputs that are not batched
+    engine: str = "torch"  # "torch" (torch.distributed.pipelining, `kind`) or "deepspeed" (its 1F1B)
+    checkpointing: bool = False  # activation checkpointing (the deepspeed engine)
 
     def build(self) -> examples.Example:
         """The model: a built-in example, `hf:<name>` (adapters.hf_models), or
@@ -138,6 +140,10 @@ def train_reference(spec: TrainSpec) -> TrainResult:
 def train_pipelined(rank: int, world_size: int, spec: TrainSpec, report: bool = False) -> TrainResult:
     """A `launch` worker: every rank builds the same model and plan, then trains its stages.
     With `report`, the rank holding the last stage prints a progress line per step."""
+    if spec.engine == "deepspeed":
+        from adapters.deepspeed.check import train_deepspeed
+
+        return train_deepspeed(rank, world_size, spec, report)
     example = spec.build()
     model = example.model
     snap = snapshot(model, *example.args, cuts=list(spec.cuts), **example.kwargs)

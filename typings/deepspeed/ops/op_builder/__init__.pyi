@@ -1,0 +1,4 @@
+class OpBuilder:
+    NAME: str
+
+class ShareMemCommBuilder(OpBuilder): ...

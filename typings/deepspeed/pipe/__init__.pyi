@@ -1,0 +1,1 @@
+from deepspeed.runtime.pipe.module import PipelineModule as PipelineModule
