@@ -90,13 +90,14 @@ class Packing:
     def pack(self, graph: fx.Graph, encoded: Sequence[fx.Node | None]) -> list[fx.Node]:
         """Nodes that build the packs from the encoded values (`encode_node`s)."""
         parts: list[list[fx.Node]] = [[] for _ in self.packs]
-        for node, slot in zip(encoded, self.slots):
-            if slot is None or node is None:
-                continue
+        placed = sorted((slot.pack, slot.offset, i) for i, slot in enumerate(self.slots) if slot is not None)
+        for p, _, i in placed:  # in the order of the offsets
+            node = encoded[i]
+            assert node is not None
             flat = graph.call_method("reshape", (node, -1))
-            if slot.pack >= self.float_packs:  # raw bytes, no gradient
+            if p >= self.float_packs:  # raw bytes, no gradient
                 flat = graph.call_method("view", (graph.call_method("detach", (flat,)), BYTES))
-            parts[slot.pack].append(flat)
+            parts[p].append(flat)
         packs = []
         for p, ((dtype, size), items) in enumerate(zip(self.packs, parts)):
             used = sum(s.size for s in self.slots if s is not None and s.pack == p)
