@@ -51,6 +51,7 @@ class CallRecord:
     slot_infos: list[ValueInfo] = field(default_factory=list)  # per result tensor
     arg_infos: dict[str, ValueInfo] = field(default_factory=dict)  # per argument name
     note: str | None = None  # how the result's shapes were found, when not on fake tensors
+    mode_read: bool | None = None  # a traced call whose code read `self.training`: its value
 
 
 class UnsupportedValue(TypeError):

@@ -30,6 +30,7 @@ from adapters.export import ops
 from adapters.export.calls import CallRecord, UnsupportedValue, fill, template
 from adapters.graph.convert import value_info
 from adapters.graph.memo import MISSING, LeafMemo
+from adapters.graph.training_reads import watch_training
 from core import PlanError
 
 Progress = Callable[[str], None]
@@ -120,9 +121,12 @@ class _Session:
             args2, kwargs2 = fill((record.args, record.kwargs), inner)
             self.stack.append(record)
             try:
-                result = forward(*args2, **kwargs2)
+                with watch_training(module) as reads:
+                    result = forward(*args2, **kwargs2)
             finally:
                 self.stack.pop()
+            if reads:
+                record.mode_read = module.training
             outputs: list[torch.Tensor] = []
             record.result = _template(module, self, result, outputs, "result")
             record.result_info = value_info(result)

@@ -22,7 +22,8 @@ from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
 
 from adapters.export import ops
-from adapters.export.sizes import check_sizes
+from adapters.export.sizes import check_sizes, check_value
+from adapters.graph.guards import MODE_CHECK
 from adapters.export.calls import Built, CallRecord, Slot, slot_paths
 from adapters.graph.convert import arg_to_core, value_info
 from adapters.graph.handles import function_name, opaque
@@ -149,6 +150,20 @@ class _ModuleGraph:
         self.inputs = leaves
         if record.caller is None:
             self._check_sizes(enter)
+            self._check_values()
+        if record.mode_read is not None:  # the code read self.training: the graph is that mode's
+            name = self._name("check_mode")
+            self._add(Node(name, "call_function", MODE_CHECK, (self.path, record.mode_read)))
+
+    def _check_values(self) -> None:
+        """The model's non-tensor inputs were fixed at their example values: check them."""
+        record = self.record
+        named = [(record.names[i] if i < len(record.names) else f"arg{i}", tpl) for i, tpl in enumerate(record.args)]
+        for target, tpl in [*named, *record.kwargs.items()]:
+            if tpl is None or type(tpl) in (bool, int, str):
+                placeholder = next(n for n in self.nodes if n.op == "placeholder" and n.target == target)
+                name = self._name(f"check_{target}")
+                self._add(Node(name, "call_function", function_name(check_value), (Ref(placeholder.name), tpl, target)))
 
     def _check_sizes(self, enter: fx.Node) -> None:
         """The model's inputs must have the sizes export fixed (see `sizes`)."""

@@ -15,7 +15,7 @@ from core import PlanError
 
 
 class SpecializedSize(PlanError):
-    """A stage was run on an input size other than the one export fixed."""
+    """A stage was run on an input size (or non-tensor input value) other than the one export fixed."""
 
 
 def check_sizes(value: Any, sizes: tuple[int | None, ...], name: str) -> None:
@@ -29,4 +29,13 @@ def check_sizes(value: Any, sizes: tuple[int | None, ...], name: str) -> None:
             f"input {name!r} has shape {actual}, but the model was exported for shape {shown} "
             "(* = any size); export fixed the other sizes. Snapshot again with an example of "
             "this shape, or a batch of at least 2 so that the batch size stays free."
+        )
+
+
+def check_value(value: Any, expected: Any, name: str) -> None:
+    """Raise `SpecializedSize` unless a non-tensor input has the value export fixed."""
+    if type(value) is not type(expected) or value != expected:
+        raise SpecializedSize(
+            f"input {name!r} is {value!r}, but the model was exported with {name}={expected!r}, "
+            "which chose its code path; snapshot again with this value."
         )

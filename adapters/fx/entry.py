@@ -18,6 +18,7 @@ from torch import nn
 from adapters.export.capture import CaptureError
 from adapters.export.trace import snapshot_export, spine_targets
 from adapters.fx.trace import LeafSpec, snapshot_fx
+from adapters.graph.hooks import hooks_off
 from core import PlanError, Snapshot
 from core.cuts import CutLike
 
@@ -48,7 +49,19 @@ def snapshot(
         raise ValueError(f"tracer={tracer!r}: expected one of {', '.join(TRACERS)}")
     if example_args or example_kwargs:
         _check_call(model, example_args, example_kwargs)
-    leaves = tuple(leaf_modules)
+    with hooks_off(model):
+        return _snapshot(model, example_args, example_kwargs, tracer, tuple(leaf_modules), cuts, progress)
+
+
+def _snapshot(
+    model: nn.Module,
+    example_args: tuple[Any, ...],
+    example_kwargs: dict[str, Any],
+    tracer: Tracer,
+    leaves: tuple[LeafSpec, ...],
+    cuts: Sequence[CutLike] | None,
+    progress: Callable[[str], None] | None,
+) -> Snapshot:
     if tracer == "export":
         return snapshot_export(model, *example_args, leaf_modules=leaves, cuts=cuts, progress=progress, **example_kwargs)
     traced = snapshot_fx(model, *example_args, leaf_modules=leaves, cuts=cuts, progress=progress, **example_kwargs)

@@ -18,6 +18,8 @@ from torch import fx, nn
 from adapters.graph.convert import node_to_core
 from adapters.graph.module_tree import NOT_ON_SPINE, module_tree, named_modules
 from adapters.fx.bind import example_bindings, restore_names
+from adapters.graph.guards import check_mode
+from adapters.graph.training_reads import watch_training
 from adapters.fx.shapes import propagate_info
 from core import Cut, Graph, Module, Param, Snapshot
 from core.cuts import CutLike, as_cut
@@ -69,9 +71,7 @@ def snapshot_fx(
         if progress is not None:
             progress(path or "<root>")
         try:
-            concrete = bindings.get(path)
-            graphs[path] = _ChildrenAreLeaves(modules[path]).trace(modules[path], concrete_args=concrete or None)
-            restore_names(graphs[path], modules[path], concrete or {})
+            graphs[path] = _trace_one(path, modules[path], bindings.get(path) or {})
         except Exception as err:  # fx raises many kinds; all mean "not traceable"
             reasons[path] = _first_line(f"fx could not trace it: {type(err).__name__}: {err}")
             return
@@ -89,6 +89,27 @@ def snapshot_fx(
         for path, graph in graphs.items()
     }
     return Snapshot(module_tree(model, core_graphs, reasons, wanted is not None), "fx")
+
+
+def _trace_one(path: str, module: nn.Module, concrete: dict[str, Any]) -> fx.Graph:
+    """One module's graph; guarded by `check_mode` when its graph depends on the mode."""
+    with watch_training(module) as reads:
+        graph = _ChildrenAreLeaves(module).trace(module, concrete_args=concrete or None)
+    restore_names(graph, module, concrete)
+    if reads:  # the code reads self.training: does the other mode trace differently?
+        mode = module.training
+        module.__dict__["training"] = not mode
+        try:
+            other = _ChildrenAreLeaves(module).trace(module, concrete_args=concrete or None)
+        finally:
+            module.__dict__["training"] = mode
+        restore_names(other, module, concrete)
+        if str(other) != str(graph):
+            last = [n for n in graph.nodes if n.op == "placeholder"]
+            where = graph.inserting_after(last[-1]) if last else graph.inserting_before(next(iter(graph.nodes)))
+            with where:
+                graph.call_function(check_mode, (path, bool(mode)))
+    return graph
 
 
 def _static_leaf_reason(path: str, module: nn.Module, leaves: Sequence[LeafSpec]) -> str | None:

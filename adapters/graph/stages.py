@@ -9,6 +9,8 @@ from typing import Any
 from torch import fx, nn
 
 from adapters.graph.convert import arg_to_fx, call_target
+from adapters.graph.guards import MODE_CHECK, ModeCheck
+from adapters.graph.hooks import transfer_root_hooks, warn_dropped_hooks
 from core import Node, Plan, Stage
 
 _NOT_IDENTIFIER = re.compile(r"\W")
@@ -17,8 +19,12 @@ _NO_DEFAULT: Any = inspect.Signature.empty  # fx's marker for a parameter withou
 
 def stage_modules(plan: Plan, model: nn.Module) -> list[fx.GraphModule]:
     """The stages as modules: `forward(*stage.inputs)` returns `stage.outputs` as a tuple;
-    the last stage returns what the model returns. Parameters are the model's own (no copies)."""
-    return [stage_module(stage, model) for stage in plan.stages]
+    the last stage returns what the model returns. Parameters are the model's own (no copies).
+    The root's hooks move to the first and last stage (see `hooks`)."""
+    modules = [stage_module(stage, model) for stage in plan.stages]
+    transfer_root_hooks(model, modules)
+    warn_dropped_hooks(plan, model)
+    return modules
 
 
 def stage_module(stage: Stage, model: nn.Module) -> fx.GraphModule:
@@ -37,9 +43,10 @@ def stage_module(stage: Stage, model: nn.Module) -> fx.GraphModule:
         elif node.op == "output":
             graph.output(arg_to_fx(node.args[0] if node.args else None, env))
         else:
+            fn: Any = ModeCheck(model) if node.op == "call_function" and node.target == MODE_CHECK else call_target(node)
             env[node.name] = graph.create_node(
                 node.op,
-                call_target(node),
+                fn,
                 tuple(arg_to_fx(a, env) for a in node.args),
                 {k: arg_to_fx(v, env) for k, v in node.kwargs.items()},
                 name=_identifier(node.name),
