@@ -106,15 +106,44 @@ def _trace(ns: argparse.Namespace, progress: Progress, cuts: Sequence[str] | Non
         if unknown:
             raise UsageError(f"--leaf {unknown[0]!r}: the model has no module with this path")
         counted = cuts is None and ns.tracer in (None, "auto", "fx")  # the fx count; export traces fewer
-        progress.start("tracing", total=_traceable(source.model) if counted else None)
+        if ns.tracer == "export":
+            progress.status(_EXPORTING)
+        else:
+            progress.start("tracing", total=_traceable(source.model) if counted else None)
         with _quiet_torch():
             snap = snapshot(
                 source.model, *source.args, tracer=ns.tracer or "auto", leaf_modules=ns.leaf, cuts=cuts,
-                progress=progress, **source.kwargs,
+                progress=_Phases(progress, ns.tracer == "export"), **source.kwargs,
             )
     finally:
         progress.close()
     return Loaded(snap, source.name, source.description, source)
+
+
+_EXPORTING = "tracing with export"
+
+
+class _Phases:
+    """Passes each module fx traces on to the progress line. When the root comes a second time,
+    fx has given up and export has started (auto), which the line then says: export reports
+    only the few modules it traces, while its time goes to running the leaves on fake tensors,
+    so it gets no count."""
+
+    def __init__(self, progress: Progress, exporting: bool) -> None:
+        self.progress = progress
+        self.exporting = exporting
+        self.roots = 0
+
+    def __call__(self, path: str) -> None:
+        if self.exporting:
+            return
+        if path == "<root>":
+            self.roots += 1
+            if self.roots == 2:
+                self.exporting = True
+                self.progress.status(_EXPORTING)
+                return
+        self.progress(path)
 
 
 @contextmanager
