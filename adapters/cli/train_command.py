@@ -4,6 +4,7 @@ check the result against a single-process run of the unsplit model."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import time
 from typing import Any, get_args
 
@@ -11,10 +12,13 @@ from adapters.cli.default_cuts import equal_blocks
 from adapters.cli.errors import UsageError
 
 DESCRIPTION = """\
-Train a built-in example model for a few steps on torch.distributed.pipelining, with its
-stages in local processes (gloo on CPU), printing loss and tokens/s per step; then train the
-unsplit model in one process on the same data and say whether both agree (float64).
+Train a built-in example model for a few steps on torch.distributed.pipelining (--engine
+torch) or DeepSpeed's pipeline engine (--engine deepspeed, one stage per process, DeepSpeed's
+1F1B), with its stages in local processes (gloo on CPU), printing loss and tokens/s per step;
+then train the unsplit model in one process on the same data and say whether both agree
+(float64).
 """
+ENGINES = ("torch", "deepspeed")
 
 
 def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
@@ -30,6 +34,8 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument("--batch", type=int, default=8, help="batch size (default: 8)")
     parser.add_argument("--lr", type=float, default=0.1, help="SGD learning rate (default: 0.1)")
     parser.add_argument("--no-check", action="store_true", help="skip the single-process comparison")
+    parser.add_argument("--engine", default="torch", help="torch (torch.distributed.pipelining) or deepspeed (default: torch)")
+    parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing (--engine deepspeed)")
     parser.set_defaults(run=run)
 
 
@@ -46,6 +52,15 @@ def run(ns: argparse.Namespace) -> int:
     kinds = get_args(ScheduleKind)
     if ns.schedule not in kinds:
         raise UsageError(f"unknown schedule {ns.schedule!r}; choose one of {', '.join(kinds)}")
+    if ns.engine not in ENGINES:
+        raise UsageError(f"unknown engine {ns.engine!r}; choose one of {', '.join(ENGINES)}")
+    deepspeed = ns.engine == "deepspeed"
+    if deepspeed and importlib.util.find_spec("deepspeed") is None:
+        raise UsageError("--engine deepspeed needs DeepSpeed: DS_BUILD_OPS=0 pip install 'stagecut[deepspeed]'")
+    if deepspeed and ns.schedule != "1f1b":
+        raise UsageError("--engine deepspeed runs DeepSpeed's own 1F1B schedule; leave --schedule out")
+    if ns.checkpointing and not deepspeed:
+        raise UsageError("--checkpointing needs --engine deepspeed")
     options = (("batch", ns.batch), ("n_layers", 4)) if ns.model in ("gpt", "t5") else (("batch", ns.batch),)
     spec = TrainSpec(ns.model, options, (), ns.schedule, ns.steps, ns.microbatches, ns.lr)
     if ns.cut:
@@ -54,10 +69,14 @@ def run(ns: argparse.Namespace) -> int:
         example = spec.build()
         chosen = equal_blocks(snapshot(example.model), ns.stages).cuts
         cuts = tuple(str(c) for c in chosen)
-    spec = TrainSpec(ns.model, options, cuts, ns.schedule, ns.steps, ns.microbatches, ns.lr)
+    spec = TrainSpec(ns.model, options, cuts, ns.schedule, ns.steps, ns.microbatches, ns.lr,
+                     engine=ns.engine, checkpointing=ns.checkpointing)
     stages = len(cuts) + 1
     processes = ns.processes or (stages if ns.schedule in SINGLE else max(1, stages // 2))
-    print(f"{ns.model}: {stages} stages (cuts {', '.join(cuts) or 'none'}), schedule {ns.schedule}, "
+    if deepspeed and processes != stages:
+        raise UsageError(f"--engine deepspeed runs one stage per process: {stages} stages need {stages} processes")
+    engine = "DeepSpeed, 1f1b" if deepspeed else f"schedule {ns.schedule}"
+    print(f"{ns.model}: {stages} stages (cuts {', '.join(cuts) or 'none'}), {engine}, "
           f"{processes} processes, {ns.microbatches} microbatches", flush=True)
     start = time.perf_counter()
     results = launch(train_pipelined, processes, spec, True, timeout_s=600)
