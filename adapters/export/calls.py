@@ -52,6 +52,7 @@ class CallRecord:
     arg_infos: dict[str, ValueInfo] = field(default_factory=dict)  # per argument name
     note: str | None = None  # how the result's shapes were found, when not on fake tensors
     mode_read: bool | None = None  # a traced call whose code read `self.training`: its value
+    unpassed: dict[str, Any] = field(default_factory=dict)  # the root's simple defaults not passed
 
 
 class UnsupportedValue(TypeError):

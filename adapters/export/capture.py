@@ -117,6 +117,8 @@ class _Session:
             tensors: list[torch.Tensor] = []
             record.args, record.kwargs = _template(module, self, (args, kwargs), tensors, "arguments")
             record.arg_infos = _arg_infos(names, args, kwargs)
+            if record.caller is None:
+                record.unpassed = _unpassed_defaults(forward, args, kwargs)
             inner = ops.enter(record.id, tensors)
             args2, kwargs2 = fill((record.args, record.kwargs), inner)
             self.stack.append(record)
@@ -243,6 +245,22 @@ def _positional_names(forward: Callable[..., Any]) -> tuple[str, ...]:
     return tuple(
         p.name for p in parameters if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     )
+
+
+def _unpassed_defaults(forward: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Parameters the call left at a default that picks a code path (None, bool, int, str)."""
+    try:
+        signature = inspect.signature(forward)
+        bound = signature.bind_partial(*args, **kwargs)
+    except (TypeError, ValueError):
+        return {}
+    return {
+        name: p.default
+        for name, p in signature.parameters.items()
+        if name not in bound.arguments
+        and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        and (p.default is None or type(p.default) in (bool, int, str))
+    }
 
 
 def _arg_infos(names: tuple[str, ...], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:

@@ -148,6 +148,8 @@ class _ModuleGraph:
         for key, tpl in record.kwargs.items():
             self._placeholder(key, tpl, leaves)
         self.inputs = leaves
+        for target, default in record.unpassed.items():  # the root's defaults, as defaults
+            self._add(Node(self._name(target), "placeholder", target, (default,), info=value_info(default)))
         if record.caller is None:
             self._check_sizes(enter)
             self._check_values()
@@ -156,10 +158,11 @@ class _ModuleGraph:
             self._add(Node(name, "call_function", MODE_CHECK, (self.path, record.mode_read)))
 
     def _check_values(self) -> None:
-        """The model's non-tensor inputs were fixed at their example values: check them."""
+        """The model's non-tensor inputs, and the defaults it was not passed, were fixed at
+        their example values: stage 0 takes them (defaults as defaults) and checks them."""
         record = self.record
         named = [(record.names[i] if i < len(record.names) else f"arg{i}", tpl) for i, tpl in enumerate(record.args)]
-        for target, tpl in [*named, *record.kwargs.items()]:
+        for target, tpl in [*named, *record.kwargs.items(), *record.unpassed.items()]:
             if tpl is None or type(tpl) in (bool, int, str):
                 placeholder = next(n for n in self.nodes if n.op == "placeholder" and n.target == target)
                 name = self._name(f"check_{target}")
