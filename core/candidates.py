@@ -51,9 +51,13 @@ def candidate_cuts(snapshot: Snapshot, candidates: Candidates = None) -> tuple[C
             )
         return _down_to_depth(snapshot, candidates, _call_counts(snapshot))
     if isinstance(candidates, str):
-        raise BalanceError(
+        raise TypeError(
             f"candidates={candidates!r}: give a sequence of module paths, not one string "
             f"(did you mean [{candidates!r}]?)."
+        )
+    if not isinstance(candidates, Sequence):
+        raise TypeError(
+            f"candidates={candidates!r}: give None, a call depth (int) or a sequence of module paths."
         )
     return tuple(as_cut(c) for c in candidates)
 
@@ -78,12 +82,23 @@ def _inlinable(module: Module) -> bool:
 
 
 def _down_to_depth(snapshot: Snapshot, depth: int, counts: Mapping[str, int]) -> tuple[Cut, ...]:
+    """Every call down to call depth `depth`, a callee's own calls before its call (post-order),
+    with an explicit stack: call chains can be thousands of modules deep."""
     out: list[Cut] = []
     modules = snapshot.modules
-
-    def visit(owner: Module, level: int) -> None:
+    if snapshot.root.graph is None:
+        return ()
+    # (module whose graph is scanned, its call depth, next node index, the call to emit on resume)
+    stack: list[tuple[Module, int, int, str | None]] = [(snapshot.root, 1, 0, None)]
+    while stack:
+        owner, level, index, resumed = stack.pop()
+        if resumed is not None:
+            out.append(Cut(resumed))  # the callee's calls are out: now the call itself
         assert owner.graph is not None
-        for node in owner.graph.nodes:
+        nodes = owner.graph.nodes
+        while index < len(nodes):
+            node = nodes[index]
+            index += 1
             if node.op != "call_module":
                 continue
             path = join(owner.path, node.target)
@@ -91,11 +106,10 @@ def _down_to_depth(snapshot: Snapshot, depth: int, counts: Mapping[str, int]) ->
                 continue  # a module called twice cannot be cut, at or inside it
             callee = modules[path]
             if level < depth and _inlinable(callee):
-                visit(callee, level + 1)
+                stack.append((owner, level, index, path))
+                stack.append((callee, level + 1, 0, None))
+                break
             out.append(Cut(path))
-
-    if snapshot.root.graph is not None:
-        visit(snapshot.root, 1)
     return tuple(out)
 
 

@@ -117,10 +117,26 @@ def chain(
     crossing = _crossing_bytes(FlatGraph(graph, tuple(kept))) if with_bytes else None
     return Chain(
         tuple(b.cut for b in kept),
-        tuple(math.fsum(g) for g in groups),
+        _segment_sums(groups),
         crossing,
         tuple(b.cut for b in sorted(merged, key=lambda b: b.position)),
     )
+
+
+def _segment_sums(groups: list[list[float]]) -> tuple[float, ...]:
+    """The cost of each segment; the whole model's must be a finite float too, so that every
+    sum of segments the partition forms is one."""
+    try:
+        sums = tuple(math.fsum(g) for g in groups)
+        total = math.fsum(sums)
+    except OverflowError:
+        total = math.inf
+    if not math.isfinite(total):
+        raise BalanceError(
+            "the node costs add up to more than a float can hold (over 1.8e308); scale the cost "
+            "model down (for example seconds instead of nanoseconds)."
+        )
+    return sums
 
 
 def _crossing_bytes(flat: FlatGraph) -> tuple[int, ...]:
@@ -151,7 +167,7 @@ def _cost_model(cost: CostModel | Mapping[str, float], snapshot: Snapshot) -> Co
     elif callable(cost):
         model = cost
     else:
-        raise BalanceError(
+        raise TypeError(
             f"cost={cost!r}: give a cost model (core.costs.params, core.costs.flops, ...) "
             "or a mapping from module path to cost."
         )

@@ -191,14 +191,54 @@ _NORM_TYPES = frozenset({
 
 
 def flops(node: Node, where: CostContext) -> float:
-    """Forward floating-point operations of `node`, estimated from value shapes."""
+    """Forward floating-point operations of `node`, estimated from value shapes.
+
+    A traced module that stays whole costs the sum (`math.fsum`) of its own graph's nodes, and
+    so on down: summed with an explicit stack, so modules nested thousands deep are fine."""
+    if node.op != "call_module":
+        return _node_flops(node, where)
+    # Each frame: the nodes of one traced module's graph, the next one to price, and the prices
+    # so far; a finished frame's fsum becomes one price of the frame below it.
+    first = _traced_callee(node, where)
+    if first is None:
+        return _node_flops(node, where)
+    frames: list[tuple[CostContext, tuple[Node, ...], list[int | float]]] = [(first, first.graph.nodes, [])]
+    positions = [0]
+    while True:
+        inner, nodes, prices = frames[-1]
+        i = positions[-1]
+        if i == len(nodes):
+            total = math.fsum(prices)
+            frames.pop()
+            positions.pop()
+            if not frames:
+                return total
+            frames[-1][2].append(total)
+            continue
+        positions[-1] = i + 1
+        here = nodes[i]
+        callee = _traced_callee(here, inner) if here.op == "call_module" else None
+        if callee is None:
+            prices.append(_node_flops(here, inner))
+        else:
+            frames.append((callee, callee.graph.nodes, []))
+            positions.append(0)
+
+
+def _traced_callee(node: Node, where: CostContext) -> CostContext | None:
+    """The context inside the traced module a call_module node calls (None for a leaf)."""
+    module = where.module(node)
+    if module is None or module.graph is None:
+        return None
+    return where.inside(module)
+
+
+def _node_flops(node: Node, where: CostContext) -> float:
+    """`flops` of a node that is not the call of a traced module."""
     if node.op == "call_module":
         module = where.module(node)
         if module is None:
             return 0.0
-        if module.graph is not None:  # a traced module that stays whole: its own graph
-            inner = where.inside(module)
-            return math.fsum(flops(n, inner) for n in module.graph.nodes)
         return _leaf_module_flops(node, module, where)
     if node.op == "call_function":
         space, _, name = node.target.rpartition(".")

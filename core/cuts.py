@@ -18,6 +18,8 @@ class Cut:
     @staticmethod
     def parse(text: str) -> Cut:
         """`"layers.3"` and `"after:layers.3"` cut after; `"before:layers.3"` cuts before."""
+        if not isinstance(text, str):
+            raise TypeError(f"Cut.parse takes a string, not {type(text).__name__} ({text!r})")
         side, sep, path = text.partition(":")
         if sep and side in ("after", "before"):
             return Cut(path, "before" if side == "before" else "after")
@@ -31,4 +33,9 @@ CutLike = Cut | str
 
 
 def as_cut(cut: CutLike) -> Cut:
-    return cut if isinstance(cut, Cut) else Cut.parse(cut)
+    """`cut` as a `Cut`: a `Cut` as it is, a string parsed; anything else is a `TypeError`."""
+    if isinstance(cut, Cut):
+        return cut
+    if isinstance(cut, str):
+        return Cut.parse(cut)
+    raise TypeError(f"a cut is a module path (str) or a core.Cut, not {type(cut).__name__} ({cut!r})")

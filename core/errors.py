@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
+from typing import Any
 
 
 class PlanError(Exception):
@@ -11,7 +13,28 @@ class PlanError(Exception):
 
 
 class MalformedSnapshot(PlanError):
-    """The snapshot itself is inconsistent (dangling reference, cycle, bad op...)."""
+    """The snapshot itself is inconsistent (dangling reference, cycle, bad op...).
+
+    Raised by the JSON reader, `json_path` names the bad field (``$.root.children.enc.graph[2]``)
+    and starts the message; raised by `plan` on a snapshot built in Python, it is ``None``.
+    """
+
+    def __init__(self, message: str, json_path: str | None = None) -> None:
+        super().__init__(f"{json_path}: {message}" if json_path else message)
+        self.json_path = json_path
+        # Where `check_snapshot`/`check_plan` found the problem, for the JSON reader to turn
+        # into a JSON path: (module path, field below it) for a snapshot, ("", field) for a plan.
+        self.location: tuple[str, str] | None = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # the message already holds the path: rebuild from it alone (pickle, other processes)
+        return (type(self), (str(self),))
+
+
+class MalformedPlan(MalformedSnapshot):
+    """A plan (read from JSON, or built by hand) is inconsistent with its own graphs.
+
+    A subclass of `MalformedSnapshot`, so code that caught that for bad plan JSON still does."""
 
 
 class CutError(PlanError):
@@ -36,7 +59,7 @@ class CutAtRoot(CutError):
 
 class CutInsideLeaf(CutError):
     def __init__(self, path: str, leaf: str, reason: str | None) -> None:
-        why = f" ({reason})" if reason else ""
+        why = f" ({printable(reason)})" if reason else ""
         super().__init__(
             f"cut {path!r}: it lies inside {leaf or '<root>'!r}, which was not traced{why}; "
             f"cut at {leaf!r} itself, or make it traceable."
@@ -94,3 +117,15 @@ class UnsupportedGraph(PlanError):
 
 class BalanceError(PlanError):
     """Automatic balancing cannot run on these inputs (stage count, costs, candidates)."""
+
+
+def printable(text: str) -> str:
+    """`text` safe to show on a terminal: control characters (C0, DEL, C1) and the bidirectional
+    overrides that reorder what is shown become escapes (``\\x1b``, ``\\u202e``); everything else,
+    including non-ASCII letters, is kept."""
+    if _CONTROL.search(text) is None:
+        return text
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")

@@ -87,6 +87,39 @@ def _collect_refs(arg: Arg, out: list[str]) -> None:
         _collect_refs(arg.step, out)
 
 
+MAX_ARG_DEPTH = 64
+"""How deeply argument trees may nest (tuples in lists in dicts...). fx's are a few levels deep;
+the bound keeps the recursive walks over arguments (`refs`, `map_refs`) far from Python's
+recursion limit, and `check_snapshot` and the JSON reader refuse deeper trees."""
+
+
+def arg_depth(arg: Arg, limit: int = MAX_ARG_DEPTH) -> int:
+    """How many containers deep `arg` nests (0 for a reference or a constant), counted without
+    recursion; stops counting at `limit + 1`."""
+    deepest = 0
+    stack: list[tuple[Arg, int]] = [(arg, 0)]
+    while stack:
+        item, depth = stack.pop()
+        kind = type(item)
+        if kind is tuple:
+            children: tuple[Arg, ...] = item  # type: ignore[assignment]
+        elif kind is ListOf:
+            children = item.items  # type: ignore[union-attr]
+        elif kind is DictOf:
+            children = tuple(x for pair in item.items for x in pair)  # type: ignore[union-attr]
+        elif kind is SliceOf:
+            children = (item.start, item.stop, item.step)  # type: ignore[union-attr]
+        else:
+            continue
+        depth += 1
+        if depth > deepest:
+            deepest = depth
+            if deepest > limit:
+                return deepest
+        stack.extend((child, depth) for child in children)
+    return deepest
+
+
 def map_refs(arg: Arg, fn: Callable[[str], Arg]) -> Arg:
     """The argument tree with every `Ref(name)` replaced by `fn(name)`."""
     if type(arg) is Ref:
@@ -160,11 +193,21 @@ def _show(arg: Arg) -> str:
     return repr(arg)
 
 
+Origin = Literal["process", "json"]
+"""Where a graph's nodes come from: made in this process (`"process"`: traced, or built by
+Python code), or read from a JSON file (`"json"`). Adapters that turn a graph back into code
+trust the first and check the second (see docs/security.md)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Graph:
-    """Nodes in a topological (fx) order; the last node is the single `output`."""
+    """Nodes in a topological (fx) order; the last node is the single `output`.
+
+    `origin` is `"json"` for a graph read from a file, and for every graph derived from one (a
+    plan's stage graphs); it does not take part in equality."""
 
     nodes: tuple[Node, ...]
+    origin: Origin = field(default="process", compare=False)
     _index: Mapping[str, int] = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -172,9 +215,9 @@ class Graph:
             self, "_index", MappingProxyType({n.name: i for i, n in enumerate(self.nodes)})
         )
 
-    def __reduce__(self) -> tuple[type[Graph], tuple[tuple[Node, ...]]]:
+    def __reduce__(self) -> tuple[type[Graph], tuple[tuple[Node, ...], Origin]]:
         # pickle/deepcopy rebuild the derived index (a mappingproxy cannot be pickled)
-        return (Graph, (self.nodes,))
+        return (Graph, (self.nodes, self.origin))
 
     def __len__(self) -> int:
         return len(self.nodes)

@@ -39,6 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 from operator import sub
+from typing import cast
 
 from core.errors import BalanceError
 
@@ -111,32 +112,41 @@ def partition_chain(
     exact = [
         prefix[b] - prefix[a] + link[a] + link[b] for a, b in zip(bounds, bounds[1:])
     ]
-    return ChainSplit(tuple(p - 1 for p in positions), tuple(e / scale for e in exact))
+    try:
+        stage_costs = tuple(e / scale for e in exact)
+    except OverflowError:
+        stage_costs = (math.inf,)
+    if not all(math.isfinite(c) for c in stage_costs):
+        raise BalanceError(
+            "a stage's cost is more than a float can hold (over 1.8e308); scale the costs down."
+        )
+    return ChainSplit(tuple(p - 1 for p in positions), stage_costs)
 
 
 def _ratio(value: float, what: str) -> tuple[int, int]:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         try:
+            if isinstance(cast(object, value), (str, bytes)):
+                raise TypeError
             value = float(value)
         except (TypeError, ValueError):
-            raise BalanceError(f"{what} is {value!r}; it must be a number.") from None
+            raise TypeError(f"{what} is {value!r}; it must be a number.") from None
     if isinstance(value, float) and not math.isfinite(value) or value < 0:
         raise BalanceError(f"{what} is {value!r}; it must be a finite number >= 0.")
     return value.as_integer_ratio()
 
 
 def check_num_stages(num_stages: int) -> None:
-    if isinstance(num_stages, bool) or not isinstance(num_stages, int) or num_stages < 1:
+    if isinstance(num_stages, bool) or not isinstance(num_stages, int):
+        raise TypeError(f"num_stages={num_stages!r}: it must be an integer >= 1.")
+    if num_stages < 1:
         raise BalanceError(f"num_stages={num_stages!r}: it must be an integer >= 1.")
 
 
 def check_comm_weight(comm_weight: float) -> None:
-    if (
-        isinstance(comm_weight, bool)
-        or not isinstance(comm_weight, (int, float))
-        or not math.isfinite(comm_weight)
-        or comm_weight < 0
-    ):
+    if isinstance(comm_weight, bool) or not isinstance(comm_weight, (int, float)):
+        raise TypeError(f"comm_weight={comm_weight!r}: it must be a finite number >= 0.")
+    if not math.isfinite(comm_weight) or comm_weight < 0:
         raise BalanceError(f"comm_weight={comm_weight!r}: it must be a finite number >= 0.")
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from core.assign import ANY_STAGE, assign_stages
 from core.cuts import Cut, CutLike
-from core.graph import Graph, Node, Ref
+from core.graph import Graph, Node, Origin, Ref
 from core.liveness import live_in
 from core.propagate import FlatGraph, propagate
 from core.snapshot import Param, Snapshot
@@ -55,6 +55,12 @@ class Plan:
     tracer: str = ""  # the frontend that made the snapshot (see `Snapshot.tracer`)
 
     @property
+    def origin(self) -> Origin:
+        """`"json"` when any stage graph was read from a JSON file (or planned from a snapshot
+        that was), else `"process"`: see `Graph.origin`."""
+        return "json" if any(s.graph.origin == "json" for s in self.stages) else "process"
+
+    @property
     def liveness(self) -> tuple[tuple[str, ...], ...]:
         """What each stage receives (the seed's `liveness`): `liveness[s] == stages[s].inputs`."""
         return tuple(s.inputs for s in self.stages)
@@ -77,7 +83,15 @@ class Plan:
 
 
 def plan(snapshot: Snapshot, cuts: Iterable[CutLike] = ()) -> Plan:
-    """Cut `snapshot` at `cuts` (paths, or `Cut`s) into pipeline stages."""
+    """Cut `snapshot` at `cuts` (paths, or `Cut`s) into pipeline stages.
+
+    Bad snapshots and cuts raise a `PlanError`; arguments of the wrong type (a string instead of
+    a list of cuts, anything but a `Snapshot`) a `TypeError`."""
+    if not isinstance(snapshot, Snapshot):
+        raise TypeError(
+            f"plan() takes a core.Snapshot (adapters.fx.snapshot(model, ...) or Snapshot.from_json), "
+            f"not {type(snapshot).__name__}"
+        )
     with _no_cycle_collection():
         return _plan(snapshot, cuts)
 
@@ -107,6 +121,7 @@ def _plan(snapshot: Snapshot, cuts: Iterable[CutLike]) -> Plan:
     built = _stage_graphs(flat, stages, live)
     found = [_params_of(snapshot, nodes) for nodes in built]
     stage_params = [tuple(f) for f in found]
+    origin = snapshot.origin  # graphs made from a file's nodes are as untrusted as the file
     known = {name: param for f in found for name, param in f.items()}
     ties = tie_groups(snapshot, stage_params, known)
     result = []
@@ -115,7 +130,7 @@ def _plan(snapshot: Snapshot, cuts: Iterable[CutLike]) -> Plan:
         result.append(
             Stage(
                 index=s,
-                graph=Graph(tuple(nodes)),
+                graph=Graph(tuple(nodes), origin),
                 inputs=live[s],
                 outputs=outputs,
                 params=stage_params[s],

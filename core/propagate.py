@@ -52,8 +52,28 @@ def propagate(snapshot: Snapshot, spine: Spine) -> FlatGraph:
     return FlatGraph(Graph(tuple(inliner.out)), tuple(boundaries))
 
 
+@dataclass(slots=True)
+class _Frame:
+    """One graph being emitted: the root's, or an inlined module's (resumed after each callee)."""
+
+    nodes: tuple[Node, ...]
+    index: int
+    path: str  # the module whose graph this is
+    prefix: str  # prepended to the names of its nodes
+    env: dict[str, Arg]  # its node names -> their values in the flat graph
+    rename: bool  # False for the root graph: its names are kept
+    # An inlined module: where its returned value goes (the caller's env and call node name),
+    # its path and the flat position its nodes start at (its span, for cuts at it).
+    caller_env: dict[str, Arg] | None = None
+    call_name: str = ""
+    start: int = 0
+
+
 class _Inliner:
-    """Emits the flat node list; local mutable state, never visible outside `propagate`."""
+    """Emits the flat node list; local mutable state, never visible outside `propagate`.
+
+    Iterative: an explicit stack of `_Frame`s replaces recursion into inlined modules, so a spine
+    thousands of modules deep inlines without touching Python's recursion limit."""
 
     def __init__(self, snapshot: Snapshot, spine: Spine) -> None:
         self.modules = snapshot.modules
@@ -64,22 +84,33 @@ class _Inliner:
 
     def emit_root(self, graph: Graph) -> None:
         # Root names are kept; `env` only holds names whose value changed (inlined or folded).
-        env: dict[str, Arg] = {}
-        for node in graph.nodes:
-            self._emit(node, "", "", env, rename=False)
+        frames = [_Frame(graph.nodes, 0, "", "", {}, rename=False)]
+        while frames:
+            frame = frames[-1]
+            if frame.index == len(frame.nodes):
+                if frame.caller_env is not None:  # pragma: no cover - check_snapshot ensures an output
+                    raise MalformedSnapshot(f"module {frame.path!r}: graph without output")
+                frames.pop()
+                continue
+            node = frame.nodes[frame.index]
+            frame.index += 1
+            if frame.caller_env is not None:  # an inlined module's graph
+                if node.op == "placeholder":
+                    continue  # bound by the caller
+                if node.op == "output":
+                    frames.pop()
+                    env = frame.env
+                    frame.caller_env[frame.call_name] = map_refs(node.args[0] if node.args else None, env.__getitem__)
+                    self.spans[frame.path] = (frame.start, len(self.out))
+                    continue
+            callee = self._emit(node, frame)
+            if callee is not None:
+                frames.append(callee)
 
-    def _emit_module(self, path: str, env: dict[str, Arg], prefix: str) -> Arg:
-        graph = self.modules[path].graph
-        assert graph is not None  # the spine only holds traced modules
-        for node in graph.nodes:
-            if node.op == "placeholder":
-                continue  # bound by the caller
-            if node.op == "output":
-                return map_refs(node.args[0] if node.args else None, env.__getitem__)
-            self._emit(node, path, prefix, env, rename=True)
-        raise MalformedSnapshot(f"module {path!r}: graph without output")  # pragma: no cover
+    def _emit(self, node: Node, frame: _Frame) -> _Frame | None:
+        """Emit `node` of `frame`'s graph; an inlined call returns the callee's frame instead."""
+        path, prefix, env, rename = frame.path, frame.prefix, frame.env, frame.rename
 
-    def _emit(self, node: Node, path: str, prefix: str, env: dict[str, Arg], rename: bool) -> None:
         def sub(name: str) -> Arg:
             return env[name] if rename or name in env else Ref(name)
 
@@ -92,23 +123,25 @@ class _Inliner:
         if node.op == "call_module":
             target = join(path, node.target)
             if target in self.inline:
-                start = len(self.out)
-                callee_env = self._bind(target, args, kwargs)
-                env[node.name] = self._emit_module(target, callee_env, f"{prefix}{node.name}.")
-                self.spans[target] = (start, len(self.out))
-                return
+                graph = self.modules[target].graph
+                assert graph is not None  # the spine only holds traced modules
+                return _Frame(
+                    graph.nodes, 0, target, f"{prefix}{node.name}.", self._bind(target, args, kwargs),
+                    rename=True, caller_env=env, call_name=node.name, start=len(self.out),
+                )
         elif node.op == "get_attr":
             target = join(path, node.target)
         if self._fold(node, args, env):
-            return
+            return None
         self._record_call(target if node.op == "call_module" else None)
         if not rename and args is node.args and kwargs is node.kwargs and target == node.target:
             self.out.append(node)  # an untouched root node: no copy
-            return
+            return None
         name = prefix + node.name
         self.out.append(Node(name, node.op, target, args, kwargs, node.info))
         if rename:
             env[node.name] = Ref(name)
+        return None
 
     def _record_call(self, callee: str | None) -> None:
         """A cut at a module that stays whole spans exactly its call node."""

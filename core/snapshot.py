@@ -9,7 +9,7 @@ from types import MappingProxyType
 
 from pyrsistent import PMap, pmap
 
-from core.graph import Graph
+from core.graph import Graph, Origin
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,9 +22,12 @@ class Param:
     buffer: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Module:
-    """One module of the tree; `graph is None` means it was not traced (a leaf)."""
+    """One module of the tree; `graph is None` means it was not traced (a leaf).
+
+    Equality, hashing, `repr` and pickling walk the tree without recursion, so trees thousands
+    of levels deep compare, print and travel between processes."""
 
     path: str
     type_name: str = ""
@@ -32,6 +35,50 @@ class Module:
     children: PMap[str, Module] = field(default_factory=pmap)
     params: PMap[str, Param] = field(default_factory=pmap)
     leaf_reason: str | None = None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Module):
+            return NotImplemented
+        stack: list[tuple[Module, Module]] = [(self, other)]
+        while stack:
+            a, b = stack.pop()
+            if a is b:
+                continue
+            if (
+                a.path != b.path
+                or a.type_name != b.type_name
+                or a.leaf_reason != b.leaf_reason
+                or a.params != b.params
+                or a.graph != b.graph
+                or len(a.children) != len(b.children)
+            ):
+                return False
+            for name, child in a.children.items():
+                twin = b.children.get(name)
+                if twin is None:
+                    return False
+                stack.append((child, twin))
+        return True
+
+    def __hash__(self) -> int:
+        # shallow (equal modules agree on all of it): hashing never walks the tree
+        return hash((self.path, self.type_name, self.leaf_reason, len(self.children), len(self.params)))
+
+    def __repr__(self) -> str:
+        graph = "None" if self.graph is None else f"<{len(self.graph)} nodes>"
+        kids = ", ".join(repr(k) for k, _ in self.ordered_children())
+        return (
+            f"Module(path={self.path!r}, type_name={self.type_name!r}, graph={graph}, "
+            f"children=[{kids}], params={dict(self.params)!r}, leaf_reason={self.leaf_reason!r})"
+        )
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        # the whole subtree as one flat list (parents first), rebuilt bottom-up by `_rebuild`
+        records = []
+        for module in self.walk(ordered=False):
+            records.append((module.path, module.type_name, module.graph, module.params,
+                            module.leaf_reason, tuple(module.children)))
+        return (_rebuild, (records,))
 
     def ordered_children(self) -> list[tuple[str, Module]]:
         """Children in natural name order (`blocks.2` before `blocks.10`): a PMap keeps no
@@ -51,6 +98,29 @@ class Module:
                     stack.extend(child for _, child in reversed(module.ordered_children()))
                 else:
                     stack.extend(module.children.values())
+
+
+def _rebuild(records: list[tuple[str, str, Graph | None, PMap[str, Param], str | None, tuple[str, ...]]]) -> Module:
+    """The module tree `Module.__reduce__` flattened: each record's children are the records
+    that follow it, in `walk` order; built from the leaves up, without recursion."""
+    # walk(ordered=False) pushes a module's children and pops the last pushed first, so a
+    # module's subtree is the contiguous run of records after it.
+    built: list[Module | None] = [None] * len(records)
+    ends = [0] * len(records)
+    for i in range(len(records) - 1, -1, -1):
+        path, type_name, graph, params, leaf_reason, keys = records[i]
+        children: dict[str, Module] = {}
+        j = i + 1
+        for key in reversed(keys):  # the last key pushed is the first record after i
+            child = built[j]
+            assert child is not None
+            children[key] = child
+            j = ends[j]
+        ends[i] = j
+        built[i] = Module(path, type_name, graph, pmap(children), params, leaf_reason)
+    root = built[0]
+    assert root is not None
+    return root
 
 
 def _natural(name: str) -> tuple[tuple[int, int, str], ...]:
@@ -77,6 +147,8 @@ class Snapshot:
     root: Module
     tracer: str = ""
     _modules: Mapping[str, Module] = field(init=False, repr=False, compare=False, hash=False)
+    # Set by `core.validate.check_snapshot` once the snapshot passed: it cannot change after.
+    _checked: bool = field(init=False, default=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_modules", MappingProxyType({m.path: m for m in self.root.walk()}))
@@ -95,6 +167,14 @@ class Snapshot:
         from core.serialize import snapshot_from_json
 
         return snapshot_from_json(text)
+
+    @property
+    def origin(self) -> Origin:
+        """`"json"` when any of its graphs was read from a JSON file, else `"process"`."""
+        for module in self._modules.values():
+            if module.graph is not None and module.graph.origin == "json":
+                return "json"
+        return "process"
 
     @property
     def modules(self) -> Mapping[str, Module]:

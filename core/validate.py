@@ -1,10 +1,18 @@
-"""Pass 1: check the snapshot and the cuts; find the spine of modules to inline."""
+"""Pass 1: check the snapshot and the cuts; find the spine of modules to inline.
+
+`check_snapshot` and `check_plan` are the one semantic check of both data types, whether built in
+Python or read from JSON (`core.serialize` calls them after reading, and turns the location of a
+problem into the JSON path of the bad field). Every traversal here is iterative, so module trees
+thousands of levels deep are checked without touching Python's recursion limit.
+"""
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+import json
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 from core.cuts import Cut, CutLike, as_cut
 from core.errors import (
@@ -13,57 +21,434 @@ from core.errors import (
     CutError,
     CutInsideLeaf,
     DuplicateCut,
+    MalformedPlan,
     MalformedSnapshot,
     NotCalled,
     UnknownPath,
     UnsupportedGraph,
 )
-from core.graph import OPS, Graph
-from core.snapshot import Snapshot, join
+from core.graph import EMPTY_KWARGS, MAX_ARG_DEPTH, OPS, DictOf, Graph, ListOf, Node, Ref, SliceOf, ValueInfo, arg_depth, refs
+from core.snapshot import Module, Param, Snapshot, join
+
+if TYPE_CHECKING:
+    from core.plan import Plan
+
+MAX_COUNT = 2**63 - 1
+"""The largest size or count a snapshot or plan may hold (element counts, bytes, dimensions)."""
+
+VALUE_KINDS = frozenset(("tensor", "scalar", "none", "tuple", "list", "dict", "other"))
+SNAPSHOT_FIX = "fix the snapshot's writer (docs/snapshot-schema.md describes the format)"
+PLAN_FIX = "make the plan again with core.plan (or `stagecut plan --json`) instead of editing it"
+
+
+def is_count(value: object) -> bool:
+    """An exact int (never a bool) in 0 ..= MAX_COUNT."""
+    return type(value) is int and 0 <= value <= MAX_COUNT
+
+
+# -- snapshots --------------------------------------------------------------------------------
 
 
 def check_snapshot(snapshot: Snapshot) -> None:
-    """Raise `MalformedSnapshot` unless every traced graph is closed, ordered and well formed,
-    and every module's path is its place in the tree."""
-    for module in snapshot.root.walk():
-        for name, child in module.children.items():
-            if child.path != join(module.path, name):
-                raise MalformedSnapshot(
-                    f"module {child.path!r} is the child {name!r} of {module.path or '<root>'!r}, "
-                    f"so its path must be {join(module.path, name)!r}."
-                )
+    """Raise `MalformedSnapshot` unless every module's path is its place in the tree, every
+    parameter's sizes are counts that agree across tied names, and every traced graph is closed,
+    ordered and well formed (node arity, references, called modules, value info)."""
+    if not isinstance(snapshot, Snapshot):
+        raise TypeError(f"expected a core.Snapshot, got {type(snapshot).__name__}")
+    root = snapshot.root
+    if root.path != "":
+        raise _snapshot_error("", "path", f"the root module's path is {root.path!r}; it must be ''.")
+    if snapshot._checked:  # immutable, and checked before
+        return
+    try:
+        _check_modules(snapshot, ordered=False)  # quick
+    except MalformedSnapshot:
+        _check_modules(snapshot, ordered=True)  # the first problem in walk order, every time
+        raise  # pragma: no cover - the ordered pass finds the same problem
+    object.__setattr__(snapshot, "_checked", True)
+
+
+def _check_modules(snapshot: Snapshot, ordered: bool) -> None:
+    tied: dict[str, tuple[str, str, Param]] = {}
+    modules = snapshot.modules
+    for module in snapshot.root.walk(ordered):
+        if module.children:
+            for name, child in module.children.items():
+                if type(name) is not str or not name or "." in name:
+                    raise _snapshot_error(
+                        module.path, "children",
+                        f"child key {name!r} is not a non-empty name without dots (a dot would make "
+                        "its path collide with a grandchild's).",
+                    )
+                if child.path != join(module.path, name):
+                    raise _snapshot_error(
+                        module.path, f"children{json_key(name)}.path",
+                        f"module {child.path!r} is the child {name!r} of {module.path or '<root>'!r}, "
+                        f"so its path must be {join(module.path, name)!r}.",
+                    )
+        if module.params:
+            for local, param in module.params.items():
+                _check_param(module.path, local, param, tied)
         if module.graph is not None:
-            _check_graph(module.path, module.graph, snapshot.modules)
+            problem = graph_problem(module.graph, module.path, modules)
+            if problem is not None:
+                raise _snapshot_error(module.path, *problem)
 
 
-def _check_graph(path: str, graph: Graph, modules: Mapping[str, object]) -> None:
-    where = f"module {path or '<root>'!r}"
-    if not graph.nodes or graph.nodes[-1].op != "output":
-        raise MalformedSnapshot(f"{where}: the graph must end with one 'output' node.")
-    if len(graph.nodes) != len(graph._index):
-        counts = Counter(n.name for n in graph.nodes)
-        dup = next(name for name, count in counts.items() if count > 1)
-        raise MalformedSnapshot(f"{where}: two nodes are named {dup!r}; node names must be unique.")
+def _check_param(path: str, local: str, param: Param, tied: dict[str, tuple[str, str, Param]]) -> None:
+    """One parameter's name and sizes, and its sizes against the first name of its storage key
+    (`tied`: key -> (module path, local name, param))."""
+    item: object = param
+    if (  # the usual case, quickly
+        item.__class__ is Param
+        and param.numel.__class__ is int
+        and param.nbytes.__class__ is int
+        and 0 <= param.numel <= MAX_COUNT
+        and 0 <= param.nbytes <= MAX_COUNT
+        and param.key.__class__ is str
+        and param.buffer.__class__ is bool
+        and local.__class__ is str
+        and local
+        and "." not in local
+    ):
+        first = tied.setdefault(param.key, (path, local, param))[2]
+        if first is param or (first.numel == param.numel and first.nbytes == param.nbytes):
+            return
+    if type(local) is not str or not local or "." in local:
+        raise _snapshot_error(path, "params", f"parameter name {local!r} is not a non-empty name without dots.")
+    where = f"params{json_key(local)}"
+    if not isinstance(item, Param) or type(param.key) is not str:
+        raise _snapshot_error(path, where, f"parameter {local!r} is not a Param with a string key.")
+    for field in ("numel", "nbytes"):
+        value = getattr(param, field)
+        if not is_count(value):
+            raise _snapshot_error(path, f"{where}.{field}", f"{field} is {value!r}; {_COUNT}.")
+    if type(param.buffer) is not bool:
+        raise _snapshot_error(path, f"{where}.buffer", f"buffer is {param.buffer!r}; it must be true or false.")
+    owner, name, other = tied.setdefault(param.key, (path, local, param))
+    if other is not param and (other.numel, other.nbytes) != (param.numel, param.nbytes):
+        raise _snapshot_error(
+            path, where,
+            f"parameter {join(path, local)!r} has key {param.key!r}, like {join(owner, name)!r}, so both "
+            f"name one storage, but their sizes differ ({param.numel} elements, {param.nbytes} bytes "
+            f"against {other.numel}, {other.nbytes}); give them the same sizes, or different keys.",
+        )
+
+
+_COUNT = f"it must be an integer from 0 to {MAX_COUNT}"
+# How many positional arguments each op takes (min, max; None = any number).
+_ARITY: Mapping[str, tuple[int, int | None]] = {
+    "placeholder": (0, 1),  # the default value, if any
+    "get_attr": (0, 0),
+    "call_function": (0, None),
+    "call_method": (1, None),  # the object the method is called on
+    "call_module": (0, None),
+    "output": (1, 1),  # the returned value
+}
+_NO_KWARGS = frozenset(("placeholder", "get_attr", "output"))
+
+
+def graph_problem(graph: Graph, path: str | None, modules: Mapping[str, Module] | None) -> tuple[str, str] | None:
+    """The first problem of `graph` as (field, message), or None: the graph must be non-empty
+    and end with its one `output` node, names must be unique, every node must have a known op
+    with the right number of arguments and only references to earlier nodes, value info must
+    hold a known kind and counts, and (with `modules`) every `call_module` must name a module of
+    the tree below `path`. A fast pass over every node; the slow one only explains a problem."""
+    nodes = graph.nodes
+    if type(nodes) is not tuple or not nodes:
+        return "graph", "the graph is empty; it must end with one 'output' node."
+    last = len(nodes) - 1
     defined: set[str] = set()
-    for node in graph.nodes:
-        if node.op not in OPS:
-            raise MalformedSnapshot(f"{where}: node {node.name!r} has unknown op {node.op!r}.")
-        if node.op == "output" and node is not graph.nodes[-1]:
-            raise MalformedSnapshot(f"{where}: node {node.name!r} is an output but not the last node.")
-        for name in node.inputs():
-            if name not in defined:
-                problem = (
-                    "before it is defined (a cycle, or nodes out of topological order)"
-                    if name in graph
-                    else "but no node has that name (a dangling reference)"
-                )
-                raise MalformedSnapshot(f"{where}: node {node.name!r} uses {name!r} {problem}.")
-        if node.op == "call_module" and join(path, node.target) not in modules:
-            raise MalformedSnapshot(
-                f"{where}: node {node.name!r} calls module {node.target!r}, "
-                "which is not in the module tree."
+    for i, node in enumerate(nodes):
+        item: object = node
+        if item.__class__ is not Node:
+            return _node_problem(i, node, last, defined, graph, path, modules)
+        name, op, args = node.name, node.op, node.args
+        # the output's arity is in neither table: the slow path explains any output but the last
+        low, high = (_ARITY_LAST if i == last else _ARITY_BODY).get(op, _NEVER)
+        if (
+            args.__class__ is not tuple
+            or not low <= len(args) <= high
+            or name.__class__ is not str
+            or not name
+            or name in defined
+            or node.target.__class__ is not str
+        ):
+            return _node_problem(i, node, last, defined, graph, path, modules)
+        for arg in args:  # references defined earlier, containers not too deep
+            kind = arg.__class__
+            if kind is Ref:
+                if arg.name not in defined:  # type: ignore[union-attr]
+                    return _node_problem(i, node, last, defined, graph, path, modules)
+            elif kind in _CONTAINERS and (
+                arg_depth(arg) > MAX_ARG_DEPTH or not defined.issuperset(refs(arg))
+            ):
+                return _node_problem(i, node, last, defined, graph, path, modules)
+        kwargs = node.kwargs
+        if kwargs is not EMPTY_KWARGS and kwargs:
+            if op in _NO_KWARGS:
+                return _node_problem(i, node, last, defined, graph, path, modules)
+            for key, arg in kwargs.items():
+                if key.__class__ is not str or arg_depth(arg) > MAX_ARG_DEPTH or not defined.issuperset(refs(arg)):
+                    return _node_problem(i, node, last, defined, graph, path, modules)
+        info = node.info
+        if info is not None:
+            nbytes = info.nbytes
+            if (
+                info.__class__ is not ValueInfo
+                or info.kind not in VALUE_KINDS
+                or (nbytes is not None and (nbytes.__class__ is not int or not 0 <= nbytes <= MAX_COUNT))
+                or (info.shape is not None and info.shape.__class__ is not tuple)
+            ):
+                return _node_problem(i, node, last, defined, graph, path, modules)
+        if op == "call_module" and (
+            not node.target or (modules is not None and path is not None and join(path, node.target) not in modules)
+        ):
+            return _node_problem(i, node, last, defined, graph, path, modules)
+        defined.add(name)
+    return None
+
+
+_NEVER = (1, 0)  # an arity no node has: unknown ops, and outputs before the end
+_ARITY_BODY: Mapping[str, tuple[int, int]] = {
+    op: (low, 1 << 30 if high is None else high) for op, (low, high) in _ARITY.items() if op != "output"
+}
+_ARITY_LAST: Mapping[str, tuple[int, int]] = {"output": (1, 1)}
+_CONTAINERS = frozenset((tuple, ListOf, DictOf, SliceOf))
+
+
+def _node_problem(
+    i: int, node: object, last: int, defined: set[str], graph: Graph, path: str | None,
+    modules: Mapping[str, Module] | None,
+) -> tuple[str, str] | None:
+    """What is wrong with node `i` (the fast pass of `graph_problem` found something)."""
+    where = f"graph[{i}]"
+    if not isinstance(node, Node):
+        return where, f"{node!r} is not a Node."
+    name, op = node.name, node.op
+    if type(name) is not str or not name:
+        return f"{where}.name", f"node name {name!r} is not a non-empty string."
+    if name in defined:
+        return f"{where}.name", f"two nodes are named {name!r}; node names must be unique."
+    if op not in OPS:
+        return f"{where}.op", f"node {name!r} has unknown op {op!r}; it must be one of {', '.join(sorted(OPS))}."
+    if type(node.target) is not str:
+        return f"{where}.target", f"node {name!r} has target {node.target!r}; it must be a string."
+    if op == "output" and i != last:
+        return where, f"node {name!r} is an output but not the last node; a graph has one output, at its end."
+    if i == last and op != "output":
+        return where, f"the last node {name!r} is a {op}; the graph must end with one 'output' node."
+    args, kwargs = node.args, node.kwargs
+    if type(args) is not tuple:
+        return f"{where}.args", f"node {name!r} has args {args!r}; they must be a tuple."
+    low, high = _ARITY[op]
+    if len(args) < low or (high is not None and len(args) > high):
+        wanted = f"exactly {low}" if low == high else f"at least {low}" if high is None else f"{low} to {high}"
+        return f"{where}.args", f"{op} node {name!r} has {len(args)} arguments; it takes {wanted}."
+    if kwargs and op in _NO_KWARGS:
+        return f"{where}.kwargs", f"{op} node {name!r} has keyword arguments; it takes none."
+    for arg in args:
+        if arg_depth(arg) > MAX_ARG_DEPTH:
+            return f"{where}.args", f"node {name!r} has an argument nested more than {MAX_ARG_DEPTH} levels deep."
+    for key, arg in kwargs.items():
+        if type(key) is not str:
+            return f"{where}.kwargs", f"node {name!r} has keyword {key!r}; keywords must be strings."
+        if arg_depth(arg) > MAX_ARG_DEPTH:
+            return f"{where}.kwargs", f"node {name!r} has an argument nested more than {MAX_ARG_DEPTH} levels deep."
+    for used in node.inputs():
+        if used not in defined:
+            problem = (
+                "before it is defined (a cycle, or nodes out of topological order)"
+                if used in graph
+                else "but no node has that name (a dangling reference)"
             )
-        defined.add(node.name)
+            return f"{where}.args", f"node {name!r} uses {used!r} {problem}."
+    if node.info is not None:
+        info_problem = _info_problem(node.info)
+        if info_problem is not None:
+            return f"{where}.info{info_problem[0]}", f"node {name!r}: {info_problem[1]}"
+    if op == "call_module":
+        if not node.target:
+            return f"{where}.target", f"call_module node {name!r} names no module."
+        if modules is not None and path is not None and join(path, node.target) not in modules:
+            return (
+                f"{where}.target",
+                f"node {name!r} calls module {node.target!r}, which is not in the module tree.",
+            )
+    return None  # pragma: no cover - the fast pass only calls this on a problem
+
+
+def _info_problem(info: ValueInfo) -> tuple[str, str] | None:
+    item: object = info
+    if not isinstance(item, ValueInfo):
+        return "", f"value info {info!r} is not a ValueInfo."
+    if info.kind not in VALUE_KINDS:
+        return ".kind", f"value kind {info.kind!r} is not one of {', '.join(sorted(VALUE_KINDS))}."
+    if info.shape is not None:
+        if type(info.shape) is not tuple:
+            return ".shape", f"shape {info.shape!r} is not a tuple of sizes."
+        for d, size in enumerate(info.shape):
+            if not is_count(size):
+                return f".shape[{d}]", f"dimension {d} of the shape is {size!r}; {_COUNT}."
+    if info.dtype is not None and type(info.dtype) is not str:
+        return ".dtype", f"dtype {info.dtype!r} is not a string."
+    if info.nbytes is not None and not is_count(info.nbytes):
+        return ".nbytes", f"nbytes is {info.nbytes!r}; {_COUNT}."
+    return None
+
+
+def json_key(key: str) -> str:
+    """A key as a JSON path step: `.name` for a plain name, `["a.b"]` (JSON quoted) otherwise."""
+    if _PLAIN_KEY.fullmatch(key):
+        return f".{key}"
+    return f"[{json.dumps(key)}]"
+
+
+_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _step(field: str) -> str:
+    return field if not field or field.startswith(("[", ".")) else f".{field}"
+
+
+def _snapshot_error(module: str, field: str, message: str) -> MalformedSnapshot:
+    err = MalformedSnapshot(f"module {module or '<root>'!r}: {message} To fix: {SNAPSHOT_FIX}.")
+    err.location = (module, _step(field))
+    return err
+
+
+# -- plans ------------------------------------------------------------------------------------
+
+
+def check_plan(plan: Plan) -> None:
+    """Raise `MalformedPlan` unless the plan is consistent with its own graphs: stages numbered
+    in order, each graph closed and well formed, what a stage receives equal to its placeholders
+    and to what the stage before sends, what it sends equal to its output, its modules equal to
+    its call_module nodes, byte figures equal to the value info they add up, tie groups naming
+    parameters of the stages they list, and one cut between each two stages."""
+    from core.plan import Plan, Stage
+
+    if not isinstance(plan, Plan):
+        raise TypeError(f"expected a core.Plan, got {type(plan).__name__}")
+    stages = plan.stages
+    if type(stages) is not tuple or not stages:
+        raise _plan_error("stages", "the plan has no stages; it needs at least one.")
+    for s, stage in enumerate(stages):
+        if not isinstance(stage, Stage):
+            raise _plan_error(f"stages[{s}]", f"{stage!r} is not a Stage.")
+        _check_stage(stage, s, stages)
+    if type(plan.cuts) is not tuple or len(plan.cuts) != len(stages) - 1:
+        count = len(plan.cuts) if type(plan.cuts) is tuple else plan.cuts
+        raise _plan_error("cuts", f"the plan has {len(stages)} stages and {count!r} cuts; it needs one cut between each two stages.")
+    seen: set[Cut] = set()
+    for k, cut in enumerate(plan.cuts):
+        if not isinstance(cut, Cut) or type(cut.path) is not str or not cut.path or cut.side not in ("after", "before"):
+            raise _plan_error(f"cuts[{k}]", f"cut {cut!r} is not 'after:<path>' or 'before:<path>' with a module path.")
+        if cut in seen:
+            raise _plan_error(f"cuts[{k}]", f"cut {cut} is given twice.")
+        seen.add(cut)
+    if type(plan.tracer) is not str:
+        raise _plan_error("tracer", f"tracer {plan.tracer!r} is not a string.")
+    _check_ties(plan)
+
+
+def _check_stage(stage: object, s: int, stages: tuple[object, ...]) -> None:
+    from core.plan import Stage
+
+    assert isinstance(stage, Stage)
+    at = f"stages[{s}]"
+    if stage.index != s or type(stage.index) is not int:
+        raise _plan_error(f"{at}.index", f"stage {s} has index {stage.index!r}; stages are numbered 0, 1, 2... in order.")
+    graph = stage.graph
+    if not isinstance(graph, Graph):
+        raise _plan_error(f"{at}.graph", f"stage {s}'s graph {graph!r} is not a Graph.")
+    problem = graph_problem(graph, None, None)
+    if problem is not None:
+        raise _plan_error(f"{at}.{problem[0]}", f"stage {s}: {problem[1]}")
+    for field in ("inputs", "outputs", "params", "modules"):
+        names = getattr(stage, field)
+        if type(names) is not tuple or any(type(n) is not str for n in names):
+            raise _plan_error(f"{at}.{field}", f"stage {s}'s {field} must be a list of strings.")
+    received = tuple(n.name for n in graph.nodes if n.op == "placeholder")
+    if stage.inputs != received:
+        raise _plan_error(f"{at}.inputs", f"stage {s} lists inputs {list(stage.inputs)} but its graph's placeholders are {list(received)}.")
+    output = graph.nodes[-1]
+    if s + 1 < len(stages):
+        sent = output.args[0]
+        wanted = tuple(Ref(n) for n in stage.outputs)
+        if sent != wanted:
+            raise _plan_error(f"{at}.graph[{len(graph) - 1}].args", f"stage {s}'s output node must return the tuple of its outputs {list(stage.outputs)}.")
+        following = stages[s + 1]
+        if isinstance(following, Stage) and following.inputs != stage.outputs:
+            raise _plan_error(
+                f"stages[{s + 1}].inputs",
+                f"stage {s + 1} receives {list(following.inputs)} but stage {s} sends {list(stage.outputs)}; they must be equal.",
+            )
+    else:
+        returned = tuple(dict.fromkeys(output.inputs()))
+        if stage.outputs != returned:
+            raise _plan_error(f"{at}.outputs", f"the last stage lists outputs {list(stage.outputs)} but its output node returns {list(returned)}.")
+    called = tuple(n.target for n in graph.nodes if n.op == "call_module")
+    if stage.modules != called:
+        raise _plan_error(f"{at}.modules", f"stage {s} lists modules {list(stage.modules)} but its graph calls {list(called)}.")
+    if len(set(stage.params)) != len(stage.params):
+        raise _plan_error(f"{at}.params", f"stage {s} lists a parameter twice.")
+    fig = stage.figures
+    for field in ("params", "param_bytes"):
+        if not is_count(getattr(fig, field)):
+            raise _plan_error(f"{at}.figures.{field}", f"{field} is {getattr(fig, field)!r}; {_COUNT}.")
+    for field, names in (("bytes_in", stage.inputs), ("bytes_out", stage.outputs)):
+        value = getattr(fig, field)
+        if value is not None and not is_count(value):
+            raise _plan_error(f"{at}.figures.{field}", f"{field} is {value!r}; {_COUNT}, or null.")
+        expected = _bytes(graph, names)
+        if value != expected:
+            raise _plan_error(
+                f"{at}.figures.{field}",
+                f"stage {s}'s {field} is {value!r} but the value info of {list(names)} adds up to {expected!r}.",
+            )
+
+
+def _bytes(graph: Graph, names: tuple[str, ...]) -> int | None:
+    total = 0
+    for name in names:
+        info = graph.node(name).info
+        if info is None or info.nbytes is None:
+            return None
+        total += info.nbytes
+    return total
+
+
+def _check_ties(plan: Plan) -> None:
+    if type(plan.ties) is not tuple:
+        raise _plan_error("ties", "ties must be a list of tie groups.")
+    for g, group in enumerate(plan.ties):
+        if type(group) is not tuple or len(group) < 2:
+            raise _plan_error(f"ties[{g}]", "a tie group lists at least two [parameter name, stage] pairs.")
+        if len(set(group)) != len(group):
+            raise _plan_error(f"ties[{g}]", "a tie group lists a [parameter name, stage] pair twice.")
+        for m, member in enumerate(group):
+            if (
+                type(member) is not tuple
+                or len(member) != 2
+                or type(member[0]) is not str
+                or type(member[1]) is not int
+            ):
+                raise _plan_error(f"ties[{g}][{m}]", f"tie member {member!r} is not a [parameter name, stage] pair.")
+            name, stage = member
+            if not 0 <= stage < len(plan.stages):
+                raise _plan_error(f"ties[{g}][{m}][1]", f"tie member {name!r} names stage {stage}; the plan has stages 0 to {len(plan.stages) - 1}.")
+            if name not in plan.stages[stage].params:
+                raise _plan_error(f"ties[{g}][{m}][0]", f"tie member {name!r} is not a parameter of stage {stage}.")
+
+
+def _plan_error(field: str, message: str) -> MalformedPlan:
+    err = MalformedPlan(f"plan: {message} To fix: {PLAN_FIX}.")
+    err.location = ("", _step(field))
+    return err
+
+
+# -- cuts -------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,37 +471,46 @@ def call_sites(snapshot: Snapshot) -> dict[str, list[tuple[str, str]]]:
     return sites
 
 
-class _CallSitesOf:
-    """`call_sites(snapshot)[path]`, scanning only the graphs that can call `path`: a graph calls
-    modules below its own (targets are relative), so only `path`'s ancestors. Each graph is
-    scanned once, and the graphs of modules beside the spine never."""
+class _CallSites:
+    """`call_sites(snapshot)`, restricted to the graphs of the cuts' ancestors, filled as cuts
+    come. A graph calls modules below its own (targets are relative), so every call of a module
+    on a cut's way to the root is in the graph of one of the cut's ancestors: scanning those (each
+    once) and indexing their calls by callee answers every lookup in O(1). Time: linear in the
+    length of the paths involved, whatever the depth; graphs beside the spine are never read."""
 
     def __init__(self, snapshot: Snapshot) -> None:
         self._modules = snapshot.modules
-        self._tables: dict[str, dict[str, list[tuple[str, str]]]] = {}
+        self._scanned: set[str] = set()
+        self.table: dict[str, list[tuple[str, str]]] = {}
+
+    def scan_ancestors(self, path: str) -> None:
+        """Index the calls in the graphs of every ancestor of `path` (the root included)."""
+        while path:
+            path = path.rpartition(".")[0]
+            if path in self._scanned:
+                return  # so were all of its own ancestors
+            self._scanned.add(path)
+            module = self._modules.get(path)
+            if module is not None and module.graph is not None:
+                for node in module.graph.nodes:
+                    if node.op == "call_module":
+                        self.table.setdefault(join(path, node.target), []).append((path, node.name))
 
     def __call__(self, path: str) -> list[tuple[str, str]]:
-        out: list[tuple[str, str]] = []
-        ancestors = [""] + [path[:i] for i, ch in enumerate(path) if ch == "."]
-        for caller in ancestors:
-            table = self._tables.get(caller)
-            if table is None:
-                table = self._tables[caller] = self._scan(caller)
-            out.extend(table.get(path, ()))
-        return out
-
-    def _scan(self, caller: str) -> dict[str, list[tuple[str, str]]]:
-        table: dict[str, list[tuple[str, str]]] = {}
-        module = self._modules.get(caller)
-        if module is not None and module.graph is not None:
-            for node in module.graph.nodes:
-                if node.op == "call_module":
-                    table.setdefault(join(caller, node.target), []).append((caller, node.name))
-        return table
+        """The call sites of `path` (its ancestors scanned), callers from the root down and each
+        caller's calls in graph order, as `call_sites` lists them."""
+        calls = self.table.get(path, [])
+        if len(calls) > 1:  # callers are ancestors of `path`: the shorter path is the higher one
+            calls = sorted(calls, key=lambda site: len(site[0]))
+        return calls
 
 
 def check_cuts(snapshot: Snapshot, cuts: Iterable[CutLike]) -> Spine:
-    """Normalise and check the cuts; raise a `CutError` naming the path and the fix."""
+    """Normalise and check the cuts; raise a `CutError` naming the path and the fix (and a
+    `TypeError` for cuts that are neither `Cut`s nor strings, or one string for the list)."""
+    if isinstance(cast(object, cuts), (str, Cut)):
+        hint = str(cuts.path if isinstance(cuts, Cut) and cuts.side == "after" else cuts)
+        raise TypeError(f"cuts must be a list of cuts, not one {type(cuts).__name__}; did you mean [{hint!r}]?")
     checked = tuple(as_cut(c) for c in cuts)
     seen: set[Cut] = set()
     for cut in checked:
@@ -125,11 +519,12 @@ def check_cuts(snapshot: Snapshot, cuts: Iterable[CutLike]) -> Spine:
         if cut in seen:
             raise DuplicateCut(str(cut))
         seen.add(cut)
-    sites = _CallSitesOf(snapshot)
+    sites = _CallSites(snapshot)
     inline: set[str] = set()
     for cut in checked:
         if not cut.path:
             raise CutAtRoot()
+        sites.scan_ancestors(cut.path)
         path = cut.path
         while path:  # climb the call chain to the root
             caller = _unique_caller(snapshot, sites, path, cut.path)
@@ -142,9 +537,7 @@ def check_cuts(snapshot: Snapshot, cuts: Iterable[CutLike]) -> Spine:
     return Spine(checked, frozenset(inline))
 
 
-def _unique_caller(
-    snapshot: Snapshot, sites: Callable[[str], list[tuple[str, str]]], path: str, cut_path: str
-) -> str:
+def _unique_caller(snapshot: Snapshot, sites: _CallSites, path: str, cut_path: str) -> str:
     modules = snapshot.modules
     if path not in modules:
         raise UnknownPath(cut_path, modules.keys())
@@ -174,3 +567,9 @@ def _check_inlinable(snapshot: Snapshot, path: str) -> None:
                 f"module {path!r} takes {node.target}, which cannot be inlined to reach a cut "
                 "inside it; give its forward explicit parameters, or cut at the module itself."
             )
+
+
+__all__ = [
+    "MAX_COUNT", "Spine", "call_sites", "check_cuts", "check_plan", "check_snapshot", "graph_problem",
+    "is_count", "json_key",
+]

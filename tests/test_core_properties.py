@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import core
 from core import Cut, EmptyStage, PlanError, Snapshot
-from core.validate import _CallSitesOf, call_sites
+from core.validate import _CallSites, call_sites
 from tests.reference import (
     PROJECTIONS,
     Case,
@@ -218,6 +218,7 @@ def test_empty_stage_only_when_oracle_says_so(data: Any) -> None:
 def test_call_sites_found_lazily_match_the_full_scan(case: Case) -> None:
     """check_cuts scans only the graphs above a cut; that must find exactly `call_sites`."""
     full = call_sites(case.snapshot)
-    lazy = _CallSitesOf(case.snapshot)
+    lazy = _CallSites(case.snapshot)
     for path in case.snapshot.modules:
+        lazy.scan_ancestors(path)
         assert lazy(path) == full.get(path, []), path
