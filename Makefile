@@ -7,11 +7,12 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-# constraints.txt pins torch (to the CPU wheel on disk) and transformers (a dev dependency).
+# constraints.txt pins torch (to the CPU wheel on disk), transformers and deepspeed (dev
+# dependencies). DS_BUILD_OPS=0: DeepSpeed installs as pure Python, building no C++/CUDA op.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[torch,dev]'
+	DS_BUILD_OPS=0 $(PY) -m pip install -q -c constraints.txt -e '.[torch,dev]'
 	touch $(STAMP)
 
 test: setup
