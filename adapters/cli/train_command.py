@@ -12,7 +12,7 @@ from adapters.cli.default_cuts import equal_blocks
 from adapters.cli.errors import UsageError
 
 DESCRIPTION = """\
-Train a built-in example model for a few steps on torch.distributed.pipelining (--engine
+Train a model (a built-in example or a factory's) for a few steps on torch.distributed.pipelining (--engine
 torch) or DeepSpeed's pipeline engine (--engine deepspeed, one stage per process, DeepSpeed's
 1F1B), with its stages in local processes (gloo on CPU), printing loss and tokens/s per step;
 then train the unsplit model in one process on the same data and say whether both agree
@@ -24,7 +24,16 @@ ENGINES = ("torch", "deepspeed")
 def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
     # Nothing here imports torch: `stagecut plan --snapshot` must work without it.
     parser = commands.add_parser("train", help="train a built-in example on the pipeline engine", description=DESCRIPTION)
-    parser.add_argument("--model", default="gpt", help="built-in example: gpt, t5, structured, scalars (default: gpt)")
+    parser.add_argument(
+        "--model", default="gpt",
+        help="a built-in example (gpt, t5, structured, scalars), package.module:factory or path/to/file.py:factory "
+        "(e.g. adapters.hf_models:make -o name=llama); every process calls the factory after the same seeding "
+        "(default: gpt)",
+    )
+    parser.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a keyword argument for the model's factory (repeatable); --batch applies to built-in examples")
+    parser.add_argument("--tracer", choices=("auto", "fx", "export"), default="auto",
+                        help="how to trace the model: fx, torch.export, or auto (default)")
     parser.add_argument("--stages", type=int, default=2, metavar="N", help="number of stages (default: 2)")
     parser.add_argument("--cut", action="append", default=[], metavar="PATH", help="explicit cuts instead of --stages")
     parser.add_argument("--schedule", default="1f1b", help="gpipe, 1f1b, interleaved, looped_bfs, zero_bubble (default: 1f1b)")
@@ -47,8 +56,14 @@ def run(ns: argparse.Namespace) -> int:
 
     from adapters.examples import EXAMPLES
 
-    if ns.model not in EXAMPLES:
-        raise UsageError(f"unknown example {ns.model!r}; choose one of {', '.join(sorted(EXAMPLES))}")
+    factory = ":" in ns.model
+    if not factory and ns.model not in EXAMPLES:
+        raise UsageError(
+            f"unknown example {ns.model!r}; choose one of {', '.join(sorted(EXAMPLES))}, or give "
+            "package.module:factory or path/to/file.py:factory"
+        )
+    if ns.option and not factory:
+        raise UsageError("-o options go to a model factory (--model package.module:factory)")
     kinds = get_args(ScheduleKind)
     if ns.schedule not in kinds:
         raise UsageError(f"unknown schedule {ns.schedule!r}; choose one of {', '.join(kinds)}")
@@ -61,16 +76,24 @@ def run(ns: argparse.Namespace) -> int:
         raise UsageError("--engine deepspeed runs DeepSpeed's own 1F1B schedule; leave --schedule out")
     if ns.checkpointing and not deepspeed:
         raise UsageError("--checkpointing needs --engine deepspeed")
-    options = (("batch", ns.batch), ("n_layers", 4)) if ns.model in ("gpt", "t5") else (("batch", ns.batch),)
-    spec = TrainSpec(ns.model, options, (), ns.schedule, ns.steps, ns.microbatches, ns.lr)
+    if factory:
+        from adapters.cli.model_source import parse_options
+
+        options: tuple[tuple[str, Any], ...] = tuple(sorted(parse_options(ns.option).items()))
+    else:
+        options = (("batch", ns.batch), ("n_layers", 4)) if ns.model in ("gpt", "t5") else (("batch", ns.batch),)
+    spec = TrainSpec(ns.model, options, (), ns.schedule, ns.steps, ns.microbatches, ns.lr, tracer=ns.tracer)
     if ns.cut:
         cuts = tuple(ns.cut)
     else:
-        example = spec.build()
-        chosen = equal_blocks(snapshot(example.model), ns.stages).cuts
-        cuts = tuple(str(c) for c in chosen)
+        try:
+            example = spec.build()
+        except (ImportError, AttributeError, TypeError, ValueError) as err:
+            raise UsageError(f"--model {ns.model}: {type(err).__name__}: {err}") from err
+        traced = snapshot(example.model, *example.args, tracer=ns.tracer, **example.kwargs)
+        cuts = tuple(str(c) for c in equal_blocks(traced, ns.stages).cuts)
     spec = TrainSpec(ns.model, options, cuts, ns.schedule, ns.steps, ns.microbatches, ns.lr,
-                     engine=ns.engine, checkpointing=ns.checkpointing)
+                     engine=ns.engine, checkpointing=ns.checkpointing, tracer=ns.tracer)
     stages = len(cuts) + 1
     processes = ns.processes or (stages if ns.schedule in SINGLE else max(1, stages // 2))
     if deepspeed and processes != stages:

@@ -13,7 +13,7 @@ from torch import nn
 
 from adapters.deepspeed.pipeline import DeepSpeedPipeline
 from adapters.fx import snapshot
-from adapters.pipelining.check import TrainResult, TrainSpec, _report, batches, loss_fn
+from adapters.pipelining.check import TrainResult, TrainSpec, _report, batches, loss_fn, tokens_per_step
 from core import plan as make_plan
 
 
@@ -23,7 +23,8 @@ def train_deepspeed(rank: int, world_size: int, spec: TrainSpec, report: bool = 
     a progress line per step."""
     example = spec.build()
     model = example.model
-    plan = make_plan(snapshot(model, *example.args, cuts=list(spec.cuts), **example.kwargs), spec.cuts)
+    snap = snapshot(model, *example.args, cuts=list(spec.cuts), tracer=spec.tracer, **example.kwargs)  # type: ignore[arg-type]
+    plan = make_plan(snap, spec.cuts)
     data = batches(spec, example)
 
     def sgd(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
@@ -34,7 +35,7 @@ def train_deepspeed(rank: int, world_size: int, spec: TrainSpec, report: bool = 
         example_args=data[0][0], example_kwargs=data[0][1], replicate=spec.replicate,
         activation_checkpointing=spec.checkpointing,
     )
-    result = TrainResult(tokens=sum(a.numel() for a in data[0][0] if isinstance(a, torch.Tensor)))
+    result = TrainResult(tokens=tokens_per_step(data[0][0], data[0][1]))
     for step, (args, kwargs, target) in enumerate(data):
         start = time.perf_counter()
         losses = pipe.step(*args, target=target, **kwargs)

@@ -8,6 +8,7 @@ microbatches). Used by the engine tests and by `stagecut train`.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,7 @@ class TrainSpec:
     replicate: tuple[str, ...] = ()  # model inputs that are not batched
     engine: str = "torch"  # "torch" (torch.distributed.pipelining, `kind`) or "deepspeed" (its 1F1B)
     checkpointing: bool = False  # activation checkpointing (the deepspeed engine)
+    tracer: str = "auto"  # the frontend (`adapters.fx.snapshot(tracer=...)`)
 
     def build(self) -> examples.Example:
         """The model: a built-in example, `hf:<name>` (adapters.hf_models), or
@@ -60,8 +62,16 @@ class TrainResult:
 
 def _from_factory(spec: str, seed: int, options: dict[str, Any]) -> examples.Example:
     """`package.module:factory` -> an Example; every rank calls it after the same seeding."""
-    module_name, _, attribute = spec.partition(":")
-    factory: Any = importlib.import_module(module_name)
+    module_name, _, attribute = spec.rpartition(":")
+    factory: Any
+    if module_name.endswith(".py") or "/" in module_name:
+        loader = importlib.util.spec_from_file_location(f"stagecut_factory_{abs(hash(module_name))}", module_name)
+        if loader is None or loader.loader is None:
+            raise ImportError(f"cannot load {module_name!r}")
+        factory = importlib.util.module_from_spec(loader)
+        loader.loader.exec_module(factory)
+    else:
+        factory = importlib.import_module(module_name)
     for part in attribute.split("."):
         factory = getattr(factory, part)
     torch.manual_seed(seed)
@@ -70,6 +80,12 @@ def _from_factory(spec: str, seed: int, options: dict[str, Any]) -> examples.Exa
         model, args, kwargs = (*built, {}) if len(built) == 2 else built
         return examples.Example(spec, model, tuple(args), dict(kwargs), spec)
     return examples.Example(spec, built.model, tuple(built.args), dict(getattr(built, "kwargs", {})), spec)
+
+
+def tokens_per_step(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """The size of the first input tensor (token ids, for language models; args before kwargs)."""
+    first = next((v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)), None)
+    return 0 if first is None else first.numel()
 
 
 def loss_fn(output: Any, target: torch.Tensor) -> torch.Tensor:
@@ -146,7 +162,7 @@ def train_pipelined(rank: int, world_size: int, spec: TrainSpec, report: bool = 
         return train_deepspeed(rank, world_size, spec, report)
     example = spec.build()
     model = example.model
-    snap = snapshot(model, *example.args, cuts=list(spec.cuts), **example.kwargs)
+    snap = snapshot(model, *example.args, cuts=list(spec.cuts), tracer=spec.tracer, **example.kwargs)  # type: ignore[arg-type]
     plan = make_plan(snap, spec.cuts)
     data = batches(spec, example)
     pipe = Pipeline(
@@ -154,7 +170,7 @@ def train_pipelined(rank: int, world_size: int, spec: TrainSpec, report: bool = 
         example_args=data[0][0], example_kwargs=data[0][1], replicate=spec.replicate,
     )
     opt = torch.optim.SGD(pipe.parameters, lr=spec.lr)
-    result = TrainResult(tokens=sum(a.numel() for a in data[0][0] if isinstance(a, torch.Tensor)))
+    result = TrainResult(tokens=tokens_per_step(data[0][0], data[0][1]))
     for step, (args, kwargs, target) in enumerate(data):
         start = time.perf_counter()
         opt.zero_grad(set_to_none=True)
