@@ -92,12 +92,12 @@ def plan(snapshot: Snapshot, cuts: Iterable[CutLike] = ()) -> Plan:
             f"plan() takes a core.Snapshot (adapters.fx.snapshot(model, ...) or Snapshot.from_json), "
             f"not {type(snapshot).__name__}"
         )
-    with _no_cycle_collection():
+    with no_cycle_collection():
         return _plan(snapshot, cuts)
 
 
 @contextmanager
-def _no_cycle_collection() -> Iterator[None]:
+def no_cycle_collection() -> Iterator[None]:
     """Pause CPython's cyclic GC while planning. The passes make no reference cycles, but they
     allocate many long-lived objects beside the snapshot's millions, and each full collection
     this triggers walks them all: about 40% of the time at 1M nodes (bench/plan_scaling.py).

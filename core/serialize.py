@@ -30,7 +30,7 @@ from pyrsistent import pmap
 from core.cuts import Cut
 from core.errors import MalformedPlan, MalformedSnapshot
 from core.graph import MAX_ARG_DEPTH, OPS, Arg, DictOf, Graph, ListOf, Node, Op, Opaque, Ref, SliceOf, ValueInfo, ValueKind
-from core.plan import Plan, Stage, StageFigures
+from core.plan import Plan, Stage, StageFigures, no_cycle_collection
 from core.snapshot import Module, Param, Snapshot, join
 from core.validate import MAX_COUNT, PLAN_FIX, SNAPSHOT_FIX, VALUE_KINDS, check_plan, check_snapshot, json_key
 
@@ -49,7 +49,8 @@ def snapshot_to_json(snapshot: Snapshot) -> str:
     if not isinstance(snapshot, Snapshot):
         raise TypeError(f"expected a core.Snapshot, got {type(snapshot).__name__}")
     parts: list[str] = ['{"schema": ', json.dumps(SNAPSHOT_SCHEMA), ', "root": ']
-    _write_tree(snapshot.root, parts)
+    with no_cycle_collection():
+        _write_tree(snapshot.root, parts)
     if snapshot.tracer:
         parts += [', "tracer": ', json.dumps(snapshot.tracer)]
     parts.append("}")
@@ -102,6 +103,11 @@ def _module_fields(module: Module) -> dict[str, Json]:
 def plan_to_json(plan: Plan) -> str:
     if not isinstance(plan, Plan):
         raise TypeError(f"expected a core.Plan, got {type(plan).__name__}")
+    with no_cycle_collection():
+        return _plan_json(plan)
+
+
+def _plan_json(plan: Plan) -> str:
     return json.dumps(
         {
             "schema": PLAN_SCHEMA,
@@ -172,6 +178,11 @@ def _stage_out(stage: Stage) -> Json:
 
 
 def snapshot_from_json(text: str | bytes) -> Snapshot:
+    with no_cycle_collection():  # reading allocates millions of objects, and no cycles
+        return _snapshot_from_json(text)
+
+
+def _snapshot_from_json(text: str | bytes) -> Snapshot:
     data = _load(text, SNAPSHOT_SCHEMA, MalformedSnapshot)
     try:
         _keys(data, _DOC_KEYS, ("schema", "root"), "the document")
@@ -193,6 +204,11 @@ def snapshot_from_json(text: str | bytes) -> Snapshot:
 
 
 def plan_from_json(text: str | bytes) -> Plan:
+    with no_cycle_collection():
+        return _plan_from_json(text)
+
+
+def _plan_from_json(text: str | bytes) -> Plan:
     data = _load(text, PLAN_SCHEMA, MalformedPlan)
     try:
         _keys(data, _PLAN_KEYS, ("schema", "stages", "ties", "cuts"), "the document")
@@ -304,6 +320,8 @@ def parse_json(text: str | bytes | bytearray, error: type[MalformedSnapshot] = M
 
 
 _WS = re.compile(r"[ \t\n\r]*")
+_SCANNER = json.scanner.make_scanner(json.JSONDecoder(parse_constant=_Token))  # type: ignore[attr-defined]
+_SKIP = 400
 _NUMBER = re.compile(r"(-?(?:0|[1-9][0-9]*))(\.[0-9]+)?([eE][-+]?[0-9]+)?")
 _LITERALS: dict[str, Json] = {
     "true": True, "false": False, "null": None,
@@ -333,11 +351,28 @@ def _parse_iteratively(text: str, error: type[MalformedSnapshot]) -> Json:
         fail("Expecting property name enclosed in double quotes", pos)
 
     stack: list[tuple[dict[str, Json] | list[Json], str]] = []
+    # Containers are first handed to json's C scanner whole (fast); one nested too deeply for it
+    # is opened here instead, and the next `_SKIP` levels below it are not handed to it again
+    # (each would fail the same way), so the scanner's wasted work stays linear in the text.
+    # Objects and lists are counted apart: a snapshot nests objects deeply (children), while its
+    # lists (graphs, arguments) stay shallow and are best scanned whole at any depth.
+    skip_until = {"{": 0, "[": 0}
     pos = _WS.match(text, 0).end()  # type: ignore[union-attr]
     while True:
         char = text[pos] if pos < n else ""
         value: Json
-        if char == "{":
+        scanned = False
+        if char in ("{", "[") and len(stack) >= skip_until[char]:
+            try:
+                value, pos = _SCANNER(text, pos)
+                scanned = True
+            except RecursionError:
+                skip_until[char] = len(stack) + _SKIP
+            except (StopIteration, ValueError):
+                pass  # not valid JSON, or a huge integer: read here, which says where
+        if scanned:
+            pass
+        elif char == "{":
             pos = _WS.match(text, pos + 1).end()  # type: ignore[union-attr]
             if text.startswith("}", pos):
                 value, pos = {}, pos + 1
@@ -483,12 +518,11 @@ def _identifier(data: Json, what: str, stars: bool = False) -> str:
 class _Open:
     """A module whose children are being read (the explicit stack of `_module_tree`)."""
 
-    __slots__ = ("data", "step", "path", "keys", "next", "built", "key")
+    __slots__ = ("data", "parent", "keys", "next", "built", "key")
 
-    def __init__(self, data: Json, step: list[str], path: str, key: str) -> None:
+    def __init__(self, data: Json, parent: _Open | None, key: str) -> None:
         self.data = data
-        self.step = step  # the JSON path steps of this module, root first
-        self.path = path
+        self.parent = parent
         self.key = key
         self.next = 0
         self.built: dict[str, Module] = {}
@@ -505,27 +539,34 @@ class _Open:
                     ).at(f".children{json_key(key)}")
                 _name(key, "child key")
         except _Bad as bad:
-            bad.steps.extend(reversed(step))
-            raise
+            raise self.locate(bad) from None
         self.keys = list(children)
+
+    def locate(self, bad: _Bad) -> _Bad:
+        """`bad`, located below this module: its JSON path steps, innermost first."""
+        here: _Open | None = self
+        while here is not None:
+            bad.steps.append(".root" if here.parent is None else json_key(here.key))
+            if here.parent is not None:
+                bad.steps.append(".children")
+            here = here.parent
+        return bad
 
 
 def _module_tree(data: Json) -> Module:
-    root = _Open(data, [".root"], "", "")
-    stack = [root]
+    stack = [_Open(data, None, "")]
     while True:
         top = stack[-1]
         if top.next < len(top.keys):
             key = top.keys[top.next]
             top.next += 1
-            stack.append(_Open(top.data["children"][key], [*top.step, ".children", json_key(key)], join(top.path, key), key))
+            stack.append(_Open(top.data["children"][key], top, key))
             continue
         stack.pop()
         try:
             module = _module_in(top.data, top.built)
         except _Bad as bad:
-            bad.steps.extend(reversed(top.step))
-            raise
+            raise top.locate(bad) from None
         if not stack:
             return module
         stack[-1].built[top.key] = module
