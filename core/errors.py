@@ -89,10 +89,15 @@ class NotCalled(CutError):
 
 class CalledMoreThanOnce(CutError):
     def __init__(self, cut_path: str, path: str, caller: str, count: int) -> None:
-        via = "" if path == cut_path else f" (on its way to the root)"
+        via = "" if path == cut_path else " (on its way to the root)"
+        if path == cut_path:
+            spelled = ", ".join(f"{path}#{k}" for k in range(min(count, 4))) + (", ..." if count > 4 else "")
+            fix = f"name one call: {spelled} (call k, from 0, in execution order)."
+        else:
+            fix = "a cut inside it cannot name one call; cut at one of its calls (path#k) instead."
         super().__init__(
             f"cut {cut_path!r}: module {path!r}{via} is called {count} times in "
-            f"{caller or '<root>'!r}, so the boundary is ambiguous; cut at a module called once."
+            f"{caller or '<root>'!r}, so the boundary is ambiguous; {fix}"
         )
         self.path = cut_path
 

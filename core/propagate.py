@@ -46,7 +46,7 @@ def propagate(snapshot: Snapshot, spine: Spine) -> FlatGraph:
     inliner.emit_root(root.graph)
     boundaries = []
     for cut in spine.cuts:
-        start, end = inliner.spans[cut.path]
+        start, end = inliner.spans[cut.path][cut.call or 0]
         boundaries.append(Boundary(end if cut.side == "after" else start, cut))
     boundaries.sort(key=lambda b: b.position)
     return FlatGraph(Graph(tuple(inliner.out)), tuple(boundaries))
@@ -80,7 +80,7 @@ class _Inliner:
         self.inline = spine.inline
         self.cut_paths = frozenset(c.path for c in spine.cuts)
         self.out: list[Node] = []
-        self.spans: dict[str, tuple[int, int]] = {}
+        self.spans: dict[str, list[tuple[int, int]]] = {}  # path -> the span of each call, in order
 
     def emit_root(self, graph: Graph) -> None:
         # Root names are kept; `env` only holds names whose value changed (inlined or folded).
@@ -101,7 +101,7 @@ class _Inliner:
                     frames.pop()
                     env = frame.env
                     frame.caller_env[frame.call_name] = map_refs(node.args[0] if node.args else None, env.__getitem__)
-                    self.spans[frame.path] = (frame.start, len(self.out))
+                    self.spans.setdefault(frame.path, []).append((frame.start, len(self.out)))
                     continue
             callee = self._emit(node, frame)
             if callee is not None:
@@ -146,7 +146,7 @@ class _Inliner:
     def _record_call(self, callee: str | None) -> None:
         """A cut at a module that stays whole spans exactly its call node."""
         if callee is not None and callee in self.cut_paths:
-            self.spans[callee] = (len(self.out), len(self.out) + 1)
+            self.spans.setdefault(callee, []).append((len(self.out), len(self.out) + 1))
 
     def _bind(self, path: str, args: tuple[Arg, ...], kwargs: Mapping[str, Arg]) -> dict[str, Arg]:
         graph = self.modules[path].graph

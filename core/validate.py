@@ -526,8 +526,10 @@ def check_cuts(snapshot: Snapshot, cuts: Iterable[CutLike]) -> Spine:
             raise CutAtRoot()
         sites.scan_ancestors(cut.path)
         path = cut.path
+        call = cut.call
         while path:  # climb the call chain to the root
-            caller = _unique_caller(snapshot, sites, path, cut.path)
+            caller = _unique_caller(snapshot, sites, path, str(cut) if call is not None else cut.path, call)
+            call = None  # a cut names one call of its own module; every module above is called once
             if not caller or caller in inline:
                 break
             inline.add(caller)
@@ -537,11 +539,23 @@ def check_cuts(snapshot: Snapshot, cuts: Iterable[CutLike]) -> Spine:
     return Spine(checked, frozenset(inline))
 
 
-def _unique_caller(snapshot: Snapshot, sites: _CallSites, path: str, cut_path: str) -> str:
+def _unique_caller(snapshot: Snapshot, sites: _CallSites, path: str, cut_path: str, call: int | None = None) -> str:
     modules = snapshot.modules
     if path not in modules:
-        raise UnknownPath(cut_path, modules.keys())
+        raise UnknownPath(cut_path.partition("#")[0].removeprefix("after:").removeprefix("before:"), modules.keys())
     calls = sites(path)
+    if call is not None:
+        if not 0 <= call < max(len(calls), 1) or not calls:
+            raise CutError(
+                f"cut {cut_path!r}: module {path!r} is called {len(calls)} time(s); name a call "
+                f"from #0 to #{max(len(calls) - 1, 0)}, or leave #k out for a module called once."
+            )
+        if len({caller for caller, _ in calls}) > 1:
+            raise CutError(
+                f"cut {cut_path!r}: the calls of {path!r} come from several modules; #k names a "
+                "call of a module called from one module only."
+            )
+        return calls[call][0]
     if len(calls) > 1:
         raise CalledMoreThanOnce(cut_path, path, calls[0][0], len(calls))
     if calls:

@@ -276,3 +276,56 @@ def test_leaves_follow_the_mode_and_mode_free_graphs_are_not_guarded() -> None:
     model.eval()  # the dropout leaf is the model's own: the stages follow
     with torch.no_grad():
         assert torch.equal(run_stages(modules, _x()), model(_x()))
+
+
+# -- 3. per-call cuts ------------------------------------------------------------------------------
+
+
+class _Group(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.l(x)) + x
+
+
+class _Albert(nn.Module):
+    """One shared layer group called four times (ALBERT)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.group, self.head = nn.Linear(4, 4), _Group(), nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.emb(x)
+        for _ in range(4):
+            h = self.group(h)
+        return self.head(h)
+
+
+@pytest.mark.parametrize("tracer", TRACERS)
+def test_a_shared_group_is_cut_between_its_calls(tracer: str) -> None:
+    from core import Cut, Plan
+
+    torch.manual_seed(0)
+    model = _Albert().double()
+    cuts: list[Any] = ["group#1", Cut("group", "after", call=2)]
+    _same_run(model, cuts, tracer, _x())
+    staged = plan(snapshot(model, _x(), cuts=cuts, tracer=tracer), cuts)
+    assert len(staged.stages) == 3
+    assert [s.modules.count("group") for s in staged.stages] == [2, 1, 1]
+    groups = {frozenset(stage for _, stage in group) for group in staged.ties}
+    assert groups == {frozenset({0, 1, 2})}  # the shared weights are a tie group
+    assert Plan.from_json(staged.to_json()).cuts == (Cut("group", "after", 1), Cut("group", "after", 2))
+    assert [str(c) for c in staged.cuts] == ["after:group#1", "after:group#2"]
+
+
+def test_a_bare_path_at_a_shared_group_lists_its_calls() -> None:
+    from core import CalledMoreThanOnce, CutError
+
+    snap = snapshot(_Albert().double(), _x(), tracer="fx")
+    with pytest.raises(CalledMoreThanOnce, match=r"called 4 times.*group#0, group#1, group#2, group#3"):
+        plan(snap, ["group"])
+    with pytest.raises(CutError, match="#0 to #3"):
+        plan(snap, ["group#4"])

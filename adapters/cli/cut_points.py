@@ -27,6 +27,19 @@ def cut_points(snapshot: Snapshot) -> frozenset[str]:
     return frozenset(path for path in snapshot.modules if path and reach(path))
 
 
+def per_call_points(snapshot: Snapshot) -> dict[str, int]:
+    """Modules called several times, all from one caller whose call reaches the root graph:
+    path -> how many calls; a cut names one of them as `path#k`."""
+    sites = call_sites(snapshot)
+    cuttable = cut_points(snapshot) | {""}
+    return {
+        path: len(calls)
+        for path, calls in sites.items()
+        if len(calls) > 1 and len({c for c, _ in calls}) == 1 and calls[0][0] in cuttable
+        and (calls[0][0] == "" or _inlinable(snapshot, calls[0][0]))
+    }
+
+
 def _inlinable(snapshot: Snapshot, path: str) -> bool:
     graph = snapshot.modules[path].graph
     return graph is not None and not any(n.target.startswith("*") for n in graph.placeholders)

@@ -16,7 +16,7 @@ from typing import Any
 from core.snapshot import Module, Snapshot, join
 
 from adapters.cli import snapshot_source, untraced
-from adapters.cli.cut_points import cut_points
+from adapters.cli.cut_points import cut_points, per_call_points
 from adapters.cli.progress import Progress
 
 DESCRIPTION = """\
@@ -47,24 +47,31 @@ class _Row:
     depth: int
     name: str
     type_name: str
-    cut: bool
+    cut: str  # "yes", "-", or the calls a cut can name ("#0-3")
     status: str  # "traced", "container" or the leaf reason
 
 
 def render_tree(snapshot: Snapshot, max_depth: int | None = None) -> str:
     cuttable = cut_points(snapshot)
+    per_call = per_call_points(snapshot)
     order = _call_order(snapshot)
+
+    def cut_mark(path: str) -> str:
+        if path in cuttable:
+            return "yes"
+        return f"#0-{per_call[path] - 1}" if path in per_call else "-"
+
     rows: list[_Row] = []
     signatures: dict[str, object] = {}
 
     def signature(module: Module) -> object:
         if module.path not in signatures:
             kids = tuple((name, signature(child)) for name, child in _children(module, order))
-            signatures[module.path] = (module.type_name, _status(snapshot, module), module.path in cuttable, kids)
+            signatures[module.path] = (module.type_name, _status(snapshot, module), cut_mark(module.path), kids)
         return signatures[module.path]
 
     def visit(module: Module, name: str, depth: int) -> None:
-        rows.append(_Row(depth, name, module.type_name, module.path in cuttable, _status(snapshot, module)))
+        rows.append(_Row(depth, name, module.type_name, cut_mark(module.path), _status(snapshot, module)))
         if max_depth is not None and depth >= max_depth:
             return
         kids = _children(module, order)
@@ -85,10 +92,10 @@ def render_tree(snapshot: Snapshot, max_depth: int | None = None) -> str:
             i = j
 
     visit(snapshot.root, "<root>", 0)
-    return _format(snapshot, rows, cuttable)
+    return _format(snapshot, rows, cuttable, per_call)
 
 
-def _format(snapshot: Snapshot, rows: list[_Row], cuttable: frozenset[str]) -> str:
+def _format(snapshot: Snapshot, rows: list[_Row], cuttable: frozenset[str], per_call: dict[str, int]) -> str:
     reasons: dict[str, int] = {}
     modules = list(snapshot.root.walk())
     leaves = Counter(_status(snapshot, m) for m in modules if m.graph is None and m.leaf_reason is not None)
@@ -96,25 +103,29 @@ def _format(snapshot: Snapshot, rows: list[_Row], cuttable: frozenset[str]) -> s
     containers = sum(1 for m in modules if m.graph is None and m.leaf_reason is None)
     name_width = min(max(2 * r.depth + len(r.name) for r in rows), 40)
     type_width = min(max(len("type"), *(len(r.type_name) for r in rows)), 24)
+    cut_width = max(3, *(len(r.cut) for r in rows))
     tracer = f" with {snapshot.tracer}:" if snapshot.tracer else ""
     lines = [
         f"traced{tracer} {_count(traced, 'module')}, {_count(sum(leaves.values()), 'leaf', 'leaves')}, "
         f"{_count(containers, 'container')} (not called); {_count(len(cuttable), 'cut point')}",
         "",
-        f"{'module':<{name_width}}  {'type':<{type_width}}  cut  status",
+        f"{'module':<{name_width}}  {'type':<{type_width}}  {'cut':<{cut_width}}  status",
     ]
     for row in rows:
         status = row.status
         if status not in ("traced", "container"):
             status = f"leaf ({reasons.setdefault(status, len(reasons) + 1)})"
         name = "  " * row.depth + row.name
-        lines.append(f"{name:<{name_width}}  {row.type_name:<{type_width}}  {'yes' if row.cut else ' - '}  {status}")
+        mark = " - " if row.cut == "-" else row.cut
+        lines.append(f"{name:<{name_width}}  {row.type_name:<{type_width}}  {mark:<{cut_width}}  {status}")
     if reasons:
         lines += ["", "why leaves were not traced (modules in the whole tree):"]
         for reason, number in reasons.items():
             text = f"({number}) {reason}: {leaves[reason]}"
             lines += textwrap.wrap(text, 78, initial_indent="  ", subsequent_indent="      ")
     lines += ["", "cut after (or before) a module marked yes:  stagecut plan --cut PATH  (or before:PATH)"]
+    if per_call:
+        lines.append("a module called several times (#0-N): name one call, --cut PATH#K (call K, from 0)")
     return "\n".join(lines)
 
 
