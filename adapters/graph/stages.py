@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import inspect
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from torch import fx, nn
 
 from adapters.graph.convert import arg_to_fx, call_target
 from adapters.graph.guards import MODE_CHECK, ModeCheck
+from adapters.graph.handles import admit_graph
 from adapters.graph.hooks import transfer_root_hooks, warn_dropped_hooks
 from core import Node, Plan, Stage
 
@@ -17,17 +19,25 @@ _NOT_IDENTIFIER = re.compile(r"\W")
 _NO_DEFAULT: Any = inspect.Signature.empty  # fx's marker for a parameter without default
 
 
-def stage_modules(plan: Plan, model: nn.Module) -> list[fx.GraphModule]:
+def stage_modules(plan: Plan, model: nn.Module, *, trusted_modules: Iterable[str] = ()) -> list[fx.GraphModule]:
     """The stages as modules: `forward(*stage.inputs)` returns `stage.outputs` as a tuple;
     the last stage returns what the model returns. Parameters are the model's own (no copies).
-    The root's hooks move to the first and last stage (see `hooks`)."""
-    modules = [stage_module(stage, model) for stage in plan.stages]
+    The root's hooks move to the first and last stage (see `hooks`).
+
+    A plan read from JSON (or planned from a snapshot that was) is checked first, every stage
+    before any is built: its functions must be on the allow-list or in `trusted_modules`
+    (`UntrustedTarget` otherwise; see `adapters.graph.handles.admit_graph`)."""
+    trusted = tuple(trusted_modules)
+    for stage in plan.stages:
+        admit_graph(stage.graph, first=stage.index == 0, trusted_modules=trusted, where=f"stage {stage.index}")
+    modules = [stage_module(stage, model, trusted_modules=trusted) for stage in plan.stages]
     transfer_root_hooks(model, modules)
     warn_dropped_hooks(plan, model)
     return modules
 
 
-def stage_module(stage: Stage, model: nn.Module) -> fx.GraphModule:
+def stage_module(stage: Stage, model: nn.Module, *, trusted_modules: Iterable[str] = ()) -> fx.GraphModule:
+    admitted = admit_graph(stage.graph, first=stage.index == 0, trusted_modules=trusted_modules, where=f"stage {stage.index}")
     graph = fx.Graph()
     env: dict[str, Any] = {}
     taken: set[str] = set()
@@ -43,7 +53,11 @@ def stage_module(stage: Stage, model: nn.Module) -> fx.GraphModule:
         elif node.op == "output":
             graph.output(arg_to_fx(node.args[0] if node.args else None, env))
         else:
-            fn: Any = ModeCheck(model) if node.op == "call_function" and node.target == MODE_CHECK else call_target(node)
+            fn: Any = (
+                ModeCheck(model) if node.op == "call_function" and node.target == MODE_CHECK
+                else admitted[node.target] if admitted is not None and node.op == "call_function"
+                else call_target(node)
+            )
             env[node.name] = graph.create_node(
                 node.op,
                 fn,
