@@ -13,7 +13,7 @@ from torch import nn
 
 from adapters.deepspeed.pipeline import DeepSpeedPipeline
 from adapters.fx import snapshot
-from adapters.pipelining.check import TrainResult, TrainSpec, _report, batches, loss_fn, tokens_per_step
+from adapters.pipelining.check import TrainResult, TrainSpec, _report, batches, loss_fn, tokens_per_step, tokens_per_step
 from core import plan as make_plan
 
 
