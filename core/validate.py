@@ -560,15 +560,18 @@ def _unique_caller(snapshot: Snapshot, sites: _CallSites, path: str, cut_path: s
         raise CalledMoreThanOnce(cut_path, path, calls[0][0], len(calls))
     if calls:
         return calls[0][0]
-    # Not called: inside an untraced module, or a container such as ModuleList.
-    parent = path
+    # Not called: inside an untraced module, or a container such as ModuleList. Blame the
+    # outermost untraced module below a traced one: that is where tracing stopped.
+    parent, blocker = path, None
     while parent:
         parent = parent.rpartition(".")[0]
         owner = modules[parent]
         if owner.graph is not None:
             break
         if owner.leaf_reason is not None or not parent:
-            raise CutInsideLeaf(cut_path, parent, owner.leaf_reason)
+            blocker = owner
+    if blocker is not None:
+        raise CutInsideLeaf(cut_path, blocker.path, blocker.leaf_reason)
     raise NotCalled(path, (join(path, c) for c in modules[path].children), cut_path)
 
 

@@ -228,6 +228,16 @@ def test_cut_inside_leaf_under_a_container() -> None:
     assert "uses torch.jit" in str(err) and "'enc'" in str(err)
 
 
+def test_cut_inside_leaf_blames_the_module_where_tracing_stopped() -> None:
+    """`enc` failed to trace; `enc.mid` below it has a generic reason: the error names `enc`."""
+    mid = module("enc.mid", children={"a": module("enc.mid.a")}, leaf_reason="never called by a traced module")
+    leaf = module("enc", children={"mid": mid}, leaf_reason="fx could not trace it: TraceError")
+    g = GraphBuilder()
+    snap = Snapshot(module("", g.output(g.call_module("enc", g.placeholder("x"))), {"enc": leaf}))
+    err = _cut_error(snap, ["enc.mid.a"], CutInsideLeaf)
+    assert "'enc'" in str(err) and "TraceError" in str(err) and "'enc.mid'" not in str(err)
+
+
 def test_not_called_container() -> None:
     err = _cut_error(_seq(container=True), ["layers"], NotCalled)
     assert "'layers'" in str(err) and "layers.0" in str(err)
