@@ -109,6 +109,30 @@ def test_deepspeed_training_matches_single_process(world_size: int, runs: list[T
         _assert_same(spec, [rank_results[i] for rank_results in results])
 
 
+def test_data_parallel_replicas_train_like_one_process() -> None:
+    # 2 stages x 2 replicas on 4 processes, float32 (DeepSpeed averages the replicas'
+    # gradients in its data-parallel all-reduce); the embedding/head tie is summed per replica.
+    spec = deepspeed("gpt", GPT, ("blocks.1",), dtype="float32", data_parallel=2)
+    ranks = launch(train_many, 4, [spec], timeout_s=600)
+    reference = train_reference(spec)
+    losses = [r[0].losses for r in ranks if r[0].losses]
+    assert len(losses) == 2, "each replica has a last stage"
+    for replica in losses:
+        assert replica == pytest.approx(reference.losses, rel=1e-6, abs=1e-6)
+    held: dict[str, int] = {}
+    for result in ranks:
+        for name, value in result[0].params.items():
+            assert torch.allclose(value, reference.params[name], atol=1e-6, rtol=0), name
+            held[name] = held.get(name, 0) + 1
+    assert set(held) == set(reference.params) and set(held.values()) == {2}
+
+
+def test_float64_with_data_parallel_replicas_is_refused() -> None:
+    with pytest.raises(LaunchError) as info:
+        launch(train_many, 4, [deepspeed("gpt", GPT, ("blocks.1",), data_parallel=2)], timeout_s=300)
+    assert "float64" in str(info.value) and "data_parallel=1" in str(info.value)
+
+
 def test_a_rank_failing_mid_step_fails_the_launch_fast() -> None:
     # The last stage raises in its second training microbatch while the first stage's rank
     # waits in the engine's point-to-point exchange.

@@ -19,7 +19,8 @@ from core import plan as make_plan
 
 def train_deepspeed(rank: int, world_size: int, spec: TrainSpec, report: bool = False) -> TrainResult:
     """Every rank builds the same model and plan, then trains its stage with SGD(`spec.lr`)
-    for `spec.steps` batches; one stage per rank. With `report`, the last stage's rank prints
+    for `spec.steps` batches; one stage per rank, `spec.data_parallel` replicas (each
+    trains on the same batches, so the averaged gradient is the single replica's). With `report`, the last stage's rank prints
     a progress line per step."""
     example = spec.build()
     model = example.model
@@ -33,7 +34,7 @@ def train_deepspeed(rank: int, world_size: int, spec: TrainSpec, report: bool = 
     pipe = DeepSpeedPipeline(
         plan, model, loss_fn=loss_fn, optimizer=sgd, num_microbatches=spec.num_microbatches,
         example_args=data[0][0], example_kwargs=data[0][1], replicate=spec.replicate,
-        activation_checkpointing=spec.checkpointing,
+        activation_checkpointing=spec.checkpointing, data_parallel=spec.data_parallel,
     )
     result = TrainResult(tokens=tokens_per_step(data[0][0], data[0][1]))
     for step, (args, kwargs, target) in enumerate(data):

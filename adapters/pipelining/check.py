@@ -37,6 +37,7 @@ class TrainSpec:
     replicate: tuple[str, ...] = ()  # model inputs that are not batched
     engine: str = "torch"  # "torch" (torch.distributed.pipelining, `kind`) or "deepspeed" (its 1F1B)
     checkpointing: bool = False  # activation checkpointing (the deepspeed engine)
+    data_parallel: int = 1  # replicas of the pipeline (the deepspeed engine; each trains on the same data)
     tracer: str = "auto"  # the frontend (`adapters.fx.snapshot(tracer=...)`)
 
     def build(self) -> examples.Example:
