@@ -233,7 +233,14 @@ def launch(
             isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0
         ):
             raise ValueError(f"{name} must be a finite number of seconds > 0 (or None), got {value!r}")
-    collective_s = timeout_s if timeout_s is not None else max(stall_s or 0.0, _DEFAULT_COLLECTIVE_S)
+    # How long a collective may wait: the overall limit, or else well past the watchdog's time
+    # (a stopped rank is named by the watchdog before its peers' collectives give up).
+    if timeout_s is not None:
+        collective_s = timeout_s
+    elif stall_s is not None:
+        collective_s = max(3.0 * stall_s, 60.0)
+    else:
+        collective_s = _DEFAULT_COLLECTIVE_S
     backend_name = _choose_backend(backend, world_size)
     ctx = mp.get_context("spawn")
     port = _free_port()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
+import sys
 import time
 from typing import Any, get_args
 
@@ -35,6 +37,10 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument("--tracer", choices=("auto", "fx", "export"), default="auto",
                         help="how to trace the model: fx, torch.export, or auto (default)")
     parser.add_argument("--stages", type=int, default=2, metavar="N", help="number of stages (default: 2)")
+    parser.add_argument(
+        "--timeout", type=float, default=300.0, metavar="SECONDS",
+        help="a process that makes no progress for this long fails the run, named (default: 300)",
+    )
     parser.add_argument("--cut", action="append", default=[], metavar="PATH", help="explicit cuts instead of --stages")
     parser.add_argument("--schedule", default="1f1b", help="gpipe, 1f1b, interleaved, looped_bfs, zero_bubble (default: 1f1b)")
     parser.add_argument("--processes", type=int, metavar="P", help="ranks (default: N for gpipe/1f1b, N/2 otherwise)")
@@ -48,11 +54,72 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
     parser.set_defaults(run=run)
 
 
+def check_numbers(ns: argparse.Namespace) -> None:
+    """The numeric arguments, before anything is imported or spawned: each bad one is a
+    `UsageError` naming it (exit code 2)."""
+    for name in ("steps", "microbatches", "batch"):
+        value = getattr(ns, name)
+        if value < 1:
+            raise UsageError(f"--{name} {value}: it must be at least 1")
+    if not ns.cut and ns.stages < 1:
+        raise UsageError(f"--stages {ns.stages}: it must be at least 1")
+    if ns.processes is not None and ns.processes < 1:
+        raise UsageError(f"--processes {ns.processes}: it must be at least 1")
+    if not math.isfinite(ns.lr) or ns.lr <= 0:
+        raise UsageError(f"--lr {ns.lr}: the learning rate must be a finite number > 0")
+    if not math.isfinite(ns.timeout) or ns.timeout <= 0:
+        raise UsageError(f"--timeout {ns.timeout}: it must be a finite number of seconds > 0")
+    if ":" not in ns.model and ns.batch % ns.microbatches:
+        raise UsageError(
+            f"--batch {ns.batch} does not split into --microbatches {ns.microbatches}; "
+            "give a batch size that is a multiple of the microbatch count"
+        )
+
+
+def check_layout(stages: int, processes: int, schedule: str, microbatches: int, single: bool) -> None:
+    """Stages, processes and microbatches that the schedule can run (what `Pipeline` and torch's
+    schedules would refuse on every rank, refused here first)."""
+    if single and stages != processes:
+        raise UsageError(
+            f"schedule {schedule!r} runs one stage per process: {stages} stages need --processes {stages} "
+            "(or use interleaved, looped_bfs or zero_bubble)"
+        )
+    if stages % processes:
+        raise UsageError(
+            f"{stages} stages do not spread evenly over {processes} processes; "
+            "give a number of stages that is a multiple of --processes"
+        )
+    if schedule == "1f1b" and microbatches < stages:
+        raise UsageError(f"schedule '1f1b' needs at least as many microbatches as stages ({stages}); give --microbatches {stages} or more")
+    if schedule in ("interleaved", "zero_bubble"):
+        rounds = max(1, microbatches // processes)
+        if microbatches % rounds:
+            raise UsageError(
+                f"schedule {schedule!r} needs --microbatches to be a multiple of the number of rounds "
+                f"({rounds} = microbatches // processes); try --microbatches {rounds * processes}"
+            )
+
+
+def check_inputs(example: Any, microbatches: int) -> None:
+    """Every batched input (a tensor with a first dimension) splits into the microbatches."""
+    import torch
+
+    for value in (*example.args, *example.kwargs.values()):
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] % microbatches:
+            raise UsageError(
+                f"the model's input of shape {tuple(value.shape)} does not split into --microbatches "
+                f"{microbatches} on its first dimension; give a microbatch count that divides {value.shape[0]}"
+            )
+
+
 def run(ns: argparse.Namespace) -> int:
+    check_numbers(ns)
     from adapters.fx import snapshot
-    from adapters.launch import launch
+    from adapters.launch import LaunchError, launch
     from adapters.pipelining.check import TrainSpec, train_pipelined, train_reference
     from adapters.pipelining.schedule import ScheduleKind, SINGLE
+    from core import PlanError
+    from core import plan as make_plan
 
     from adapters.examples import EXAMPLES
 
@@ -83,26 +150,40 @@ def run(ns: argparse.Namespace) -> int:
     else:
         options = (("batch", ns.batch), ("n_layers", 4)) if ns.model in ("gpt", "t5") else (("batch", ns.batch),)
     spec = TrainSpec(ns.model, options, (), ns.schedule, ns.steps, ns.microbatches, ns.lr, tracer=ns.tracer)
+    # Everything the ranks would refuse is refused here, before a process is spawned: the
+    # model, its inputs, the cuts (planned once), the schedule's layout.
+    try:
+        example = spec.build()
+    except (ImportError, AttributeError, TypeError, ValueError) as err:
+        raise UsageError(f"--model {ns.model}: {type(err).__name__}: {err}") from err
+    check_inputs(example, ns.microbatches)
+    traced = snapshot(example.model, *example.args, tracer=ns.tracer, **example.kwargs)
     if ns.cut:
         cuts = tuple(ns.cut)
     else:
-        try:
-            example = spec.build()
-        except (ImportError, AttributeError, TypeError, ValueError) as err:
-            raise UsageError(f"--model {ns.model}: {type(err).__name__}: {err}") from err
-        traced = snapshot(example.model, *example.args, tracer=ns.tracer, **example.kwargs)
         cuts = tuple(str(c) for c in equal_blocks(traced, ns.stages).cuts)
+    make_plan(traced, cuts)  # a bad cut is a PlanError now, one line and exit code 2
     spec = TrainSpec(ns.model, options, cuts, ns.schedule, ns.steps, ns.microbatches, ns.lr,
                      engine=ns.engine, checkpointing=ns.checkpointing, tracer=ns.tracer)
     stages = len(cuts) + 1
     processes = ns.processes or (stages if ns.schedule in SINGLE else max(1, stages // 2))
     if deepspeed and processes != stages:
         raise UsageError(f"--engine deepspeed runs one stage per process: {stages} stages need {stages} processes")
+    if not deepspeed:
+        check_layout(stages, processes, ns.schedule, ns.microbatches, ns.schedule in SINGLE)
     engine = "DeepSpeed, 1f1b" if deepspeed else f"schedule {ns.schedule}"
     print(f"{ns.model}: {stages} stages (cuts {', '.join(cuts) or 'none'}), {engine}, "
           f"{processes} processes, {ns.microbatches} microbatches", flush=True)
     start = time.perf_counter()
-    results = launch(train_pipelined, processes, spec, True, timeout_s=600)
+    try:
+        results = launch(train_pipelined, processes, spec, True, timeout_s=None, stall_s=ns.timeout)
+    except LaunchError as err:
+        if err.plan_error:  # bad input met on a rank: the promise is one line and exit code 2
+            raise PlanError(err.error_message or str(err)) from None
+        if err.remote_traceback is None:  # a stopped, hung or dead rank: say which, no traceback
+            print(f"stagecut: error: {' '.join(str(err).split())}", file=sys.stderr)
+            return 1
+        raise
     print(f"trained in {time.perf_counter() - start:.1f} s (including process start-up)")
     if ns.no_check:
         return 0
