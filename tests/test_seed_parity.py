@@ -158,7 +158,10 @@ def test_hooks_run_as_often_as_in_one_model_call(tracer: str) -> None:
     model.b.register_forward_hook(lambda m, args, out: calls.update(["leaf"]))
     x = _x().requires_grad_()
     modules = stage_modules(plan(snapshot(model, x, cuts=["a"], tracer=tracer), ["a"]), model)
-    assert not calls, "snapshot runs no hook"
+    # The root's hooks move to the stages; a snapshot never runs them (leaf hooks may run on
+    # fake tensors: they shape the leaf's result).
+    assert calls["pre"] == calls["forward"] == calls["backward"] == 0
+    calls.clear()
     expected = model(x)
     expected.sum().backward()
     counted = Counter(calls)

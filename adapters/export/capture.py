@@ -29,6 +29,7 @@ from torch.utils._pytree import tree_map
 from adapters.export import ops
 from adapters.export.calls import CallRecord, UnsupportedValue, fill, template
 from adapters.graph.convert import value_info
+from adapters.graph.hooks import HOOK_TABLES, hooks_off
 from adapters.graph.memo import MISSING, LeafMemo
 from adapters.graph.training_reads import watch_training
 from core import PlanError
@@ -85,6 +86,14 @@ class _Session:
     @contextmanager
     def patched(self) -> Iterator[None]:
         saved: list[tuple[nn.Module, Any]] = []
+        # A leaf's own hooks run in its fake run (they shape its result), never under the tracer.
+        self.leaf_hooks = {id(m): m for m in self.leaves.values() if any(getattr(m, t) for t in HOOK_TABLES)}
+        self.hook_tables = {id(m): {t: dict(getattr(m, t)) for t in HOOK_TABLES} for m in self.leaf_hooks.values()}
+        with hooks_off([*self.traced.values(), *self.leaves.values()]), self._forwards_patched(saved):
+            yield
+
+    @contextmanager
+    def _forwards_patched(self, saved: list[tuple[nn.Module, Any]]) -> Iterator[None]:
         try:
             for module in self.traced.values():
                 saved.append((module, module.__dict__.get("forward", MISSING)))
@@ -159,14 +168,15 @@ class _Session:
 
     def _fake_result(self, record: CallRecord, forward: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         module = record.module
-        key = self.memo.key(module, args, kwargs)
+        # (The memo sees no hooks while they are off: a leaf with hooks is never memoized.)
+        key = None if id(module) in self.leaf_hooks else self.memo.key(module, args, kwargs)
         if key is not None and (known := self.memo.get(key)) is not MISSING:
             return known
         shape_env = getattr(torch._guards.detect_fake_mode(), "shape_env", None)
         pending = list(shape_env.pending_fresh_unbacked_symbols) if shape_env is not None else []
         try:
             with disable_proxy_modes_tracing():
-                result = forward(*args, **kwargs)
+                result = self._run_leaf(module, forward, args, kwargs)
         except Exception as err:  # data-dependent code cannot run on fake tensors
             failed: Exception | None = err
         else:
@@ -180,6 +190,21 @@ class _Session:
         if failed is not None:
             result = self._zeros_result(record, args, kwargs, failed)
         return result
+
+    def _run_leaf(self, module: nn.Module, forward: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The leaf's forward, through its own hooks when it has some."""
+        if id(module) not in self.leaf_hooks:
+            return forward(*args, **kwargs)
+        tables = self.hook_tables[id(module)]
+        for name, hooks in tables.items():
+            getattr(module, name).update(hooks)
+        self.bypass = True
+        try:
+            return module(*args, **kwargs)
+        finally:
+            self.bypass = False
+            for name in tables:
+                getattr(module, name).clear()
 
     def _zeros_result(self, record: CallRecord, args: tuple[Any, ...], kwargs: dict[str, Any], why: Exception) -> Any:
         """Run the leaf for real on zeros of the example sizes; its result's batch dimension is

@@ -49,7 +49,7 @@ def snapshot(
         raise ValueError(f"tracer={tracer!r}: expected one of {', '.join(TRACERS)}")
     if example_args or example_kwargs:
         _check_call(model, example_args, example_kwargs)
-    with hooks_off(model):
+    with hooks_off([model]):
         return _snapshot(model, example_args, example_kwargs, tracer, tuple(leaf_modules), cuts, progress)
 
 

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -20,7 +20,7 @@ from torch import fx, nn
 from core import Plan
 
 
-_HOOK_TABLES = (
+HOOK_TABLES = (
     "_forward_pre_hooks",
     "_forward_hooks",
     "_backward_pre_hooks",
@@ -29,12 +29,13 @@ _HOOK_TABLES = (
 
 
 @contextmanager
-def hooks_off(model: nn.Module) -> Iterator[None]:
-    """No module hook runs inside the block (a snapshot's fake runs must not fire the user's
-    hooks, nor trace a root pre-hook into the graph); every table is put back on exit."""
+def hooks_off(modules: Iterable[nn.Module]) -> Iterator[None]:
+    """The hooks of `modules` (not of their children) do not run inside the block; every table
+    is put back on exit. A snapshot turns off the root's (they move to the stages) and, under
+    export, those of the modules it traces or records as one call (export would trace them)."""
     saved = []
-    for module in model.modules():
-        for table in _HOOK_TABLES:
+    for module in modules:
+        for table in HOOK_TABLES:
             hooks = getattr(module, table)
             if hooks:
                 saved.append((hooks, dict(hooks)))
@@ -70,7 +71,7 @@ def warn_dropped_hooks(plan: Plan, model: nn.Module) -> None:
     inlined = sorted({".".join(c.path.split(".")[:i]) for c in plan.cuts for i in range(1, c.path.count(".") + 1)})
     for path in inlined:
         module = model.get_submodule(path)
-        for kind in _HOOK_TABLES:
+        for kind in HOOK_TABLES:
             for hook in getattr(module, kind).values():
                 name = getattr(hook, "__qualname__", repr(hook))
                 warnings.warn(
