@@ -151,8 +151,17 @@ class _Inliner:
     def _bind(self, path: str, args: tuple[Arg, ...], kwargs: Mapping[str, Arg]) -> dict[str, Arg]:
         graph = self.modules[path].graph
         assert graph is not None
+        placeholders = graph.placeholders
+        unknown = [k for k in kwargs if not any(ph.target == k for ph in placeholders)]
+        if len(args) > len(placeholders) or unknown:
+            what = f"keyword {unknown[0]!r}" if unknown else f"{len(args)} arguments"
+            raise MalformedSnapshot(
+                f"module {path!r} is called with {what}, but its graph takes "
+                f"{', '.join(ph.target for ph in placeholders) or 'nothing'}; the caller's call_module "
+                "node and the module's graph disagree. Fix the snapshot's writer."
+            )
         env: dict[str, Arg] = {}
-        for i, ph in enumerate(graph.placeholders):
+        for i, ph in enumerate(placeholders):
             if i < len(args):
                 env[ph.name] = args[i]
             elif ph.target in kwargs:

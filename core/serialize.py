@@ -32,7 +32,7 @@ from core.errors import MalformedPlan, MalformedSnapshot
 from core.graph import MAX_ARG_DEPTH, OPS, Arg, DictOf, Graph, ListOf, Node, Op, Opaque, Ref, SliceOf, ValueInfo, ValueKind
 from core.plan import Plan, Stage, StageFigures, no_cycle_collection
 from core.snapshot import Module, Param, Snapshot, join
-from core.validate import MAX_COUNT, PLAN_FIX, SNAPSHOT_FIX, VALUE_KINDS, check_plan, check_snapshot, json_key
+from core.validate import MAX_COUNT, MAX_TOTAL, PLAN_FIX, SNAPSHOT_FIX, VALUE_KINDS, check_plan, check_snapshot, json_key
 
 SNAPSHOT_SCHEMA = "stagecut.snapshot/1"
 PLAN_SCHEMA = "stagecut.plan/1"
@@ -486,6 +486,14 @@ def _count(data: Json, what: str) -> int:
     return count
 
 
+def _total(data: Json, what: str) -> int:
+    """A plan's figure: a sum of counts, so bounded by `MAX_TOTAL`."""
+    if type(data) is not int or not 0 <= data <= MAX_TOTAL:
+        raise _Bad(f"{what} is {_show(data)}; it must be an integer from 0 to 2**127 - 1")
+    total: int = data
+    return total
+
+
 # Names that stagecut's adapters put into generated Python code, or show on a terminal, may not
 # hold quotes, backslashes, or control and line-separator characters.
 _UNSAFE = re.compile("[\"\\\\\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029]")
@@ -767,10 +775,10 @@ def _stage_in(data: Json, position: int) -> Stage:
     try:
         _keys(fig, _FIGURE_KEYS, tuple(sorted(_FIGURE_KEYS)), "figures")
         figures = StageFigures(
-            _step(_count, fig, "params"),
-            _step(_count, fig, "param_bytes"),
-            None if fig["bytes_in"] is None else _step(_count, fig, "bytes_in"),
-            None if fig["bytes_out"] is None else _step(_count, fig, "bytes_out"),
+            _step(_total, fig, "params"),
+            _step(_total, fig, "param_bytes"),
+            None if fig["bytes_in"] is None else _step(_total, fig, "bytes_in"),
+            None if fig["bytes_out"] is None else _step(_total, fig, "bytes_out"),
         )
     except _Bad as bad:
         raise bad.at(".figures") from None

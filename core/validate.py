@@ -35,15 +35,17 @@ if TYPE_CHECKING:
 
 MAX_COUNT = 2**63 - 1
 """The largest size or count a snapshot or plan may hold (element counts, bytes, dimensions)."""
+MAX_TOTAL = 2**127 - 1
+"""The largest sum a plan's figures may hold: sums of up to 2**64 counts (parameters, bytes)."""
 
 VALUE_KINDS = frozenset(("tensor", "scalar", "none", "tuple", "list", "dict", "other"))
 SNAPSHOT_FIX = "fix the snapshot's writer (docs/snapshot-schema.md describes the format)"
 PLAN_FIX = "make the plan again with core.plan (or `stagecut plan --json`) instead of editing it"
 
 
-def is_count(value: object) -> bool:
-    """An exact int (never a bool) in 0 ..= MAX_COUNT."""
-    return type(value) is int and 0 <= value <= MAX_COUNT
+def is_count(value: object, bound: int = MAX_COUNT) -> bool:
+    """An exact int (never a bool) in 0 ..= bound."""
+    return type(value) is int and 0 <= value <= bound
 
 
 # -- snapshots --------------------------------------------------------------------------------
@@ -136,6 +138,7 @@ def _check_param(path: str, local: str, param: Param, tied: dict[str, tuple[str,
 
 
 _COUNT = f"it must be an integer from 0 to {MAX_COUNT}"
+_TOTAL = "it must be an integer from 0 to 2**127 - 1"
 # How many positional arguments each op takes (min, max; None = any number).
 _ARITY: Mapping[str, tuple[int, int | None]] = {
     "placeholder": (0, 1),  # the default value, if any
@@ -184,6 +187,8 @@ def graph_problem(graph: Graph, path: str | None, modules: Mapping[str, Module] 
                 arg_depth(arg) > MAX_ARG_DEPTH or not defined.issuperset(refs(arg))
             ):
                 return _node_problem(i, node, last, defined, graph, path, modules)
+        if op == "placeholder" and args and (args[0].__class__ is Ref or refs(args[0])):
+            return _node_problem(i, node, last, defined, graph, path, modules)
         kwargs = node.kwargs
         if kwargs is not EMPTY_KWARGS and kwargs:
             if op in _NO_KWARGS:
@@ -247,6 +252,8 @@ def _node_problem(
         return f"{where}.args", f"{op} node {name!r} has {len(args)} arguments; it takes {wanted}."
     if kwargs and op in _NO_KWARGS:
         return f"{where}.kwargs", f"{op} node {name!r} has keyword arguments; it takes none."
+    if op == "placeholder" and args and refs(args[0]):
+        return f"{where}.args", f"placeholder {name!r} has a default value that refers to a node; a default is a constant."
     for arg in args:
         if arg_depth(arg) > MAX_ARG_DEPTH:
             return f"{where}.args", f"node {name!r} has an argument nested more than {MAX_ARG_DEPTH} levels deep."
@@ -395,12 +402,12 @@ def _check_stage(stage: object, s: int, stages: tuple[object, ...]) -> None:
         raise _plan_error(f"{at}.params", f"stage {s} lists a parameter twice.")
     fig = stage.figures
     for field in ("params", "param_bytes"):
-        if not is_count(getattr(fig, field)):
-            raise _plan_error(f"{at}.figures.{field}", f"{field} is {getattr(fig, field)!r}; {_COUNT}.")
+        if not is_count(getattr(fig, field), MAX_TOTAL):
+            raise _plan_error(f"{at}.figures.{field}", f"{field} is {getattr(fig, field)!r}; {_TOTAL}.")
     for field, names in (("bytes_in", stage.inputs), ("bytes_out", stage.outputs)):
         value = getattr(fig, field)
-        if value is not None and not is_count(value):
-            raise _plan_error(f"{at}.figures.{field}", f"{field} is {value!r}; {_COUNT}, or null.")
+        if value is not None and not is_count(value, MAX_TOTAL):
+            raise _plan_error(f"{at}.figures.{field}", f"{field} is {value!r}; {_TOTAL}, or null.")
         expected = _bytes(graph, names)
         if value != expected:
             raise _plan_error(
@@ -587,6 +594,6 @@ def _check_inlinable(snapshot: Snapshot, path: str) -> None:
 
 
 __all__ = [
-    "MAX_COUNT", "Spine", "call_sites", "check_cuts", "check_plan", "check_snapshot", "graph_problem",
+    "MAX_COUNT", "MAX_TOTAL", "Spine", "call_sites", "check_cuts", "check_plan", "check_snapshot", "graph_problem",
     "is_count", "json_key",
 ]
