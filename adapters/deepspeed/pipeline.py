@@ -24,6 +24,7 @@ from torch import nn
 
 from adapters.deepspeed.config import ds_config
 from adapters.deepspeed.wire import WireLoss, Wiring, feeder, stage_layer, wiring
+from adapters.engine.trees import flatten_trees
 from adapters.engine.inputs import FirstInputs, bind_inputs, microbatch
 from adapters.engine.ties import TieSync
 from adapters.fx import stage_modules
@@ -116,8 +117,10 @@ def pipeline_module(
     first = plan.stages[0]
     inputs = bind_inputs(first, example_args, example_kwargs or {})
     keywords = FirstInputs.of(first, inputs, replicate).keywords
-    wires = wiring(plan, modules, microbatch(inputs, first.inputs, keywords, num_microbatches), device)
-    layers = [stage_layer(plan, wires, s, modules[s], device) for s in range(stages)]
+    one = microbatch(inputs, first.inputs, keywords, num_microbatches)
+    leaves_plan, leaf_modules = flatten_trees(plan, modules, one)  # containers crossing travel as leaves
+    wires = wiring(leaves_plan, leaf_modules, one, device)
+    layers = [stage_layer(leaves_plan, wires, s, leaf_modules[s], device) for s in range(stages)]
     topology = PipeDataParallelTopology(num_pp=stages, num_dp=data_parallel)
     loss = WireLoss(loss_fn, wires.ios[-1])
     with contextlib.redirect_stdout(io.StringIO()):  # DeepSpeed prints the partition on rank 0

@@ -17,6 +17,7 @@ from torch.distributed.pipelining import PipelineStage
 from torch.utils._pytree import tree_leaves
 
 from adapters.engine.codec import StageIO, WireFormat, encode
+from adapters.engine.trees import flatten_trees
 from adapters.engine.inputs import FirstInputs, bind_inputs, microbatch
 from adapters.engine.run import example_run, stage_ios
 from adapters.fx import stage_modules
@@ -113,7 +114,9 @@ def build_stages(
     first = plan.stages[0]
     inputs = bind_inputs(first, example_args, example_kwargs or {})
     keywords = FirstInputs.of(first, inputs, replicate).keywords
-    examples = stage_examples(plan, modules, microbatch(inputs, first.inputs, keywords, num_microbatches), keywords, device)
+    one = microbatch(inputs, first.inputs, keywords, num_microbatches)
+    plan, modules = flatten_trees(plan, modules, one)  # containers crossing travel as leaves
+    examples = stage_examples(plan, modules, one, keywords, device)
     built = []
     for s in indices:
         example = examples[s]
