@@ -203,3 +203,23 @@ def test_cli_plans_and_inspects_each_model(name: str, capsys: pytest.CaptureFixt
     assert main(["inspect", *model]) == 0
     tree = capsys.readouterr().out
     assert "traced" in tree, tree
+
+
+class _Stack(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([_BranchesOnData(), _BranchesOnData()])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def test_export_names_the_inner_module_that_failed() -> None:
+    from adapters.export.capture import CaptureError
+
+    with pytest.raises(CaptureError) as info:
+        snapshot(_Stack(), torch.randn(2, 4), cuts=["layers.0.a"], tracer="export")
+    text = str(info.value)
+    assert text.startswith("torch.export could not trace layers.0:") and "test_hf_models.py:" in text

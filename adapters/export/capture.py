@@ -80,6 +80,7 @@ class _Session:
         self.stack: list[CallRecord] = []
         self.memo = LeafMemo(symbolic=True)
         self.bypass = False  # set while a leaf runs for real (its forward must not record)
+        self.failed_in: str | None = None  # the traced module whose code raised, if any
         # A leaf's own tensors, kept before export swaps them for fake ones (the zeros fallback).
         self.real = {id(m): {**dict(m.named_parameters()), **dict(m.named_buffers())} for m in leaves.values()}
 
@@ -134,6 +135,10 @@ class _Session:
             try:
                 with watch_training(module) as reads:
                     result = forward(*args2, **kwargs2)
+            except Exception:
+                if self.failed_in is None:  # the innermost traced module: where it failed
+                    self.failed_in = self.paths[id(module)]
+                raise
             finally:
                 self.stack.pop()
             if reads:
@@ -241,7 +246,7 @@ class _Session:
 
     def failure(self, err: Exception) -> CaptureError:
         """The error for a failed export, naming the innermost traced module being traced."""
-        where = self.paths[id(self.stack[-1].module)] if self.stack else ""
+        where = self.failed_in or (self.paths[id(self.stack[-1].module)] if self.stack else "")
         if isinstance(err, UnsupportedValue):
             return CaptureError(str(err))
         return CaptureError(
