@@ -1,0 +1,99 @@
+"""How the core scales with the depth of the module tree (run on demand, not part of pytest).
+
+    PYTHONPATH=. .venv/bin/python bench/depth.py                    # depths 500 .. 8000
+    PYTHONPATH=. .venv/bin/python bench/depth.py --depths 1000 2000 4000
+
+The model is a chain: `m` inside `m` ... `depth` levels, each traced (it calls the next and adds
+one), the deepest holding four numbered blocks; the cut is after the deepest block 1, so every
+level is on the spine and inlined. Every module's path repeats its ancestors' (`m.m.m...`), so
+the snapshot itself holds about depth^2 / 2 path characters: "linear in size" means time per
+character of JSON stays flat, and per module it grows with the depth.
+
+Phases: `check_cuts` (the spine: 55 s at depth 5000 before it was made linear, cubic then),
+`plan`, `to_json` and `from_json` of the snapshot, `balance` with costs.params (its own passes:
+candidates, chain, partition), and the plan's JSON both ways. Each depth runs in a fresh process
+with Python's default recursion limit: nothing may recurse per level.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from core import Param, Plan, Snapshot, ValueInfo, balance, costs, plan  # noqa: E402
+from core.builder import GraphBuilder, module  # noqa: E402
+from core.validate import check_cuts  # noqa: E402
+
+INFO = ValueInfo("tensor", (2, 8), "float32", 64)
+PHASES = ("build", "check_cuts", "plan", "to_json", "from_json", "balance", "plan_json")
+
+
+def chain(depth: int, blocks: int = 4) -> tuple[Snapshot, str]:
+    paths = [".".join(["m"] * k) for k in range(depth + 1)]
+    g = GraphBuilder()
+    h = g.placeholder("x", info=INFO)
+    for i in range(blocks):
+        h = g.call_module(f"blocks.{i}", h, info=INFO)
+    bottom = paths[depth]
+    kids = {str(i): module(f"{bottom}.blocks.{i}", params={"w": Param(f"w{i}", 64, 256)}, leaf_reason="leaf") for i in range(blocks)}
+    node = module(bottom, g.output(h), {"blocks": module(f"{bottom}.blocks", children=kids)})
+    for level in range(depth - 1, -1, -1):
+        g = GraphBuilder()
+        y = g.call_module("m", g.placeholder("x", info=INFO), info=INFO)
+        node = module(paths[level], g.output(g.call_function("_operator.add", y, 1, info=INFO)), {"m": node})
+    return Snapshot(node), f"{bottom}.blocks.1"
+
+
+def measure(depth: int) -> dict[str, float]:
+    times: dict[str, float] = {}
+
+    def phase(name: str, fn):  # type: ignore[no-untyped-def]
+        start = time.process_time()
+        value = fn()
+        times[name] = time.process_time() - start
+        return value
+
+    snapshot, cut = phase("build", lambda: chain(depth))
+    phase("check_cuts", lambda: check_cuts(snapshot, [cut]))
+    result = phase("plan", lambda: plan(snapshot, [cut]))
+    text = phase("to_json", snapshot.to_json)
+    back = phase("from_json", lambda: Snapshot.from_json(text))
+    assert back.to_json() == text
+    phase("balance", lambda: balance(snapshot, 2, cost=costs.params))
+    phase("plan_json", lambda: Plan.from_json(result.to_json()))
+    times["chars"] = float(len(text))
+    times["depth"] = float(depth)
+    times["recursion_limit"] = float(sys.getrecursionlimit())
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--depths", type=int, nargs="+", default=[500, 1000, 2000, 4000, 8000])
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child is not None:
+        print(json.dumps(measure(args.child)))
+        return
+    head = f"{'depth':>6} {'JSON MB':>8} " + " ".join(f"{p:>10}" for p in PHASES) + f" {'ns/char':>8}"
+    print(head)
+    print("-" * len(head))
+    for depth in args.depths:
+        done = subprocess.run([sys.executable, __file__, "--child", str(depth)], capture_output=True, text=True, check=True)
+        row = json.loads(done.stdout.strip().splitlines()[-1])
+        work = sum(row[p] for p in PHASES if p != "build")
+        print(f"{depth:>6} {row['chars'] / 1e6:>8.1f} " + " ".join(f"{row[p]:>10.3f}" for p in PHASES)
+              + f" {1e9 * work / row['chars']:>8.1f}")
+    print("seconds of CPU per phase; ns/char: all phases but build, per character of the snapshot's JSON")
+    print(f"recursion limit in each run: {sys.getrecursionlimit()} (Python's default)")
+
+
+if __name__ == "__main__":
+    main()
