@@ -175,6 +175,10 @@ def run(ns: argparse.Namespace) -> int:
     print(f"{ns.model}: {stages} stages (cuts {', '.join(cuts) or 'none'}), {engine}, "
           f"{processes} processes, {ns.microbatches} microbatches", flush=True)
     start = time.perf_counter()
+    # Ranks killed after a failure leave semaphores behind, which multiprocessing's resource
+    # tracker (started by launch, with these warning options) removes with a warning: noise
+    # after the one line that says what failed.
+    sys.warnoptions.append("ignore:resource_tracker:UserWarning")
     try:
         results = launch(train_pipelined, processes, spec, True, timeout_s=None, stall_s=ns.timeout)
     except LaunchError as err:
