@@ -5,9 +5,11 @@
 
 Hop by hop: a value crosses every boundary between the stage that makes it and the last stage
 that reads it, so a stage in between receives it only to send it on (a bypass value, such as
-a skip connection); this is what `torch.distributed.pipelining` and DeepSpeed do with stagecut's
-plans. Direct: the maker sends it once to each stage that reads it. Each direction of a step
-carries the values forward and, for floating tensors, their gradients back, once per microbatch.
+a skip connection: `StageComm.forwarded`); this is what `torch.distributed.pipelining` and
+DeepSpeed do with stagecut's plans. Direct: the maker sends it once to each stage that reads
+it. Each step carries the values forward and, for floating tensors, their gradients back, once
+per microbatch. In all, direct sends never move more bytes than hops (a value read by k stages
+is sent k times instead of once per boundary it crosses), but the maker sends more of them.
 
 Wire bytes: a tensor its elements times the item size (of `dtype` for floating tensors when
 given), a Python number 8 bytes (the engines send it as a 0-d int64/float64 tensor), `None`
@@ -36,13 +38,7 @@ class StageComm:
     recv_hops: int | None
     send_direct: int | None
     recv_direct: int | None
-
-    @property
-    def bypass_cost(self) -> int | None:
-        """What hop-by-hop sending costs this stage over direct sends (sent + received)."""
-        if None in (self.send_hops, self.recv_hops, self.send_direct, self.recv_direct):
-            return None
-        return (self.send_hops or 0) + (self.recv_hops or 0) - (self.send_direct or 0) - (self.recv_direct or 0)
+    forwarded: int | None = None  # of `recv_hops`: values received only to be sent on (bypass)
 
 
 def wire_bytes(info: ValueInfo | None, dtype: str | None = None) -> int | None:
@@ -130,12 +126,16 @@ def stage_comm(plan: Any, microbatches: int, dtype: str | None = None) -> tuple[
         send = None if out_f is None or in_b is None else microbatches * (out_f + in_b)
         recv = None if in_f is None or out_b is None else microbatches * (in_f + out_b)
         sd, rd = _sum(send_direct[s]), _sum(recv_direct[s])
+        # stage 0 makes the model inputs it passes on: nothing is forwarded there
+        infos = [stages[s].graph.node(name).info for name in stages[s].bypass] if s else []
+        fw = _sum([wire_bytes(i, dtype) for i in infos] + [grad_bytes(i, dtype) for i in infos])
         out.append(
             StageComm(
                 send,
                 recv,
                 None if sd is None else microbatches * sd,
                 None if rd is None else microbatches * rd,
+                None if fw is None else microbatches * fw,
             )
         )
     return tuple(out)
