@@ -24,10 +24,9 @@ from torch import nn
 
 from adapters.deepspeed.config import ds_config
 from adapters.deepspeed.wire import WireLoss, Wiring, feeder, stage_layer, wiring
-from adapters.engine.trees import flatten_trees
-from adapters.engine.inputs import FirstInputs, bind_inputs, microbatch
+from adapters.engine.inputs import FirstInputs, bind_inputs
+from adapters.engine.trees import engine_stages
 from adapters.engine.ties import TieSync
-from adapters.fx import stage_modules
 from core import Plan, PlanError
 
 LossFn = Callable[[Any, Any], torch.Tensor]
@@ -113,12 +112,7 @@ def pipeline_module(
             f"processes; this group has {dist.get_world_size()}."
         )
     device = torch.device(get_accelerator().device_name(int(os.environ["LOCAL_RANK"])))
-    modules = stage_modules(plan, model)
-    first = plan.stages[0]
-    inputs = bind_inputs(first, example_args, example_kwargs or {})
-    keywords = FirstInputs.of(first, inputs, replicate).keywords
-    one = microbatch(inputs, first.inputs, keywords, num_microbatches)
-    leaves_plan, leaf_modules = flatten_trees(plan, modules, one)  # containers crossing travel as leaves
+    leaves_plan, leaf_modules, one, _ = engine_stages(plan, model, example_args, example_kwargs, replicate, num_microbatches)
     wires = wiring(leaves_plan, leaf_modules, one, device)
     layers = [stage_layer(leaves_plan, wires, s, leaf_modules[s], device) for s in range(stages)]
     topology = PipeDataParallelTopology(num_pp=stages, num_dp=data_parallel)

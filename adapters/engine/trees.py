@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import operator
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import fx, nn
 from torch.utils._pytree import TreeSpec, tree_flatten_with_path, tree_leaves, tree_unflatten, keystr
 
+from adapters.engine.inputs import FirstInputs, bind_inputs, microbatch
 from adapters.engine.run import example_run
 from core import Plan
 
@@ -113,3 +114,24 @@ def _wrap(
     root = nn.Module()
     root.add_module("inner", inner)
     return fx.GraphModule(root, graph, class_name=f"Leaves{type(inner).__name__}")
+
+
+def engine_stages(
+    plan: Plan,
+    model: nn.Module,
+    example_args: Sequence[Any],
+    example_kwargs: Mapping[str, Any] | None,
+    replicate: Collection[str],
+    num_microbatches: int,
+) -> tuple[Plan, list[fx.GraphModule], list[Any], frozenset[str]]:
+    """What both engines start from: the stage modules (containers crossing as leaves, and the
+    plan renamed to match), one microbatch of stage 0's inputs, and the inputs that go whole."""
+    from adapters.graph.stages import stage_modules
+
+    modules = stage_modules(plan, model)
+    first = plan.stages[0]
+    inputs = bind_inputs(first, example_args, example_kwargs or {})
+    keywords = FirstInputs.of(first, inputs, replicate).keywords
+    one = microbatch(inputs, first.inputs, keywords, num_microbatches)
+    leaves_plan, leaf_modules = flatten_trees(plan, modules, one)
+    return leaves_plan, leaf_modules, one, keywords

@@ -12,7 +12,7 @@ symbolic sizes read from outside a module are recomputed from its own inputs.
 from __future__ import annotations
 
 import operator
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -215,14 +215,20 @@ class _ModuleGraph:
             if steps:
                 self._read(name, tuple(steps), record.slot_infos[slot])
 
-    def _local(self, path: str, module: nn.Module) -> str:
-        """The called module's path relative to this module."""
-        candidate: str
-        for candidate in (path, *self.aliases.get(id(module), ())):
+    def _below(self, paths: Sequence[str]) -> str | None:
+        """The first of `paths` (a module's or a tensor's names) under this module, relative."""
+        for candidate in paths:
             if not self.path:
                 return candidate
             if candidate.startswith(self.path + "."):
                 return candidate[len(self.path) + 1 :]
+        return None
+
+    def _local(self, path: str, module: nn.Module) -> str:
+        """The called module's path relative to this module."""
+        local = self._below([path, *self.aliases.get(id(module), ())])
+        if local is not None:
+            return local
         raise RegroupError(
             f"{self.path or 'the root module'} calls {path}, which is not one of its submodules; "
             "a cut can only inline modules that own what they call."
@@ -280,11 +286,9 @@ class _ModuleGraph:
 
     def _param_path(self, fqn: str) -> str:
         # Export names a tied parameter once; any of its names under this module will do.
-        for candidate in self.tensor_names.get(fqn, [fqn]):
-            if not self.path:
-                return candidate
-            if candidate.startswith(self.path + "."):
-                return candidate[len(self.path) + 1 :]
+        local = self._below(self.tensor_names.get(fqn, [fqn]))
+        if local is not None:
+            return local
         raise RegroupError(
             f"{self.path or 'the root module'} reads the parameter {fqn!r} of another module; "
             "keep the cuts out of this module."

@@ -17,10 +17,9 @@ from torch.distributed.pipelining import PipelineStage
 from torch.utils._pytree import tree_leaves
 
 from adapters.engine.codec import StageIO, WireFormat, encode
-from adapters.engine.trees import flatten_trees
-from adapters.engine.inputs import FirstInputs, bind_inputs, microbatch
+from adapters.engine.trees import engine_stages
+from adapters.engine.inputs import FirstInputs, bind_inputs
 from adapters.engine.run import example_run, stage_ios
-from adapters.fx import stage_modules
 from adapters.pipelining.codec import Whole, wire_module
 from core import Plan
 
@@ -110,12 +109,7 @@ def build_stages(
 ) -> list[PipelineStage]:
     """Several stages of one rank (interleaved schedules), sharing one example run."""
     device = torch.device(device)
-    modules = stage_modules(plan, model)
-    first = plan.stages[0]
-    inputs = bind_inputs(first, example_args, example_kwargs or {})
-    keywords = FirstInputs.of(first, inputs, replicate).keywords
-    one = microbatch(inputs, first.inputs, keywords, num_microbatches)
-    plan, modules = flatten_trees(plan, modules, one)  # containers crossing travel as leaves
+    plan, modules, one, keywords = engine_stages(plan, model, example_args, example_kwargs, replicate, num_microbatches)
     examples = stage_examples(plan, modules, one, keywords, device)
     built = []
     for s in indices:
