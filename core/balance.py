@@ -14,6 +14,11 @@ How it works, in three pure steps, each in its own file:
    of segments into ``num_stages`` contiguous stages; among optimal partitions, the one with
    the lexicographically smallest boundary positions.
 
+With ``max_memory``, step 3 is `core.fit`: the same minimum over the partitions whose every
+stage's peak memory (as `core.figures` gives it for ``training``: schedule, microbatches,
+optimizer, dtype) stays under the cap, exactly; `BalanceError` names the smallest achievable
+peak when none does.
+
 This module is the entry point (`balance`, `balance_report`) and re-exports the three steps.
 """
 
@@ -28,6 +33,7 @@ from core.chain import Chain, chain
 from core.costs import CostModel
 from core.cuts import Cut
 from core.errors import BalanceError
+from core.fit import RangeMemory, Training, fit_partition
 from core.partition import ChainSplit, check_comm_weight, check_num_stages, partition_chain
 from core.snapshot import Snapshot
 
@@ -36,6 +42,7 @@ __all__ = [
     "Candidates",
     "Chain",
     "ChainSplit",
+    "Training",
     "balance",
     "balance_report",
     "candidate_cuts",
@@ -51,6 +58,7 @@ class Balance:
     cuts: tuple[Cut, ...]
     stage_costs: tuple[float, ...]
     chain: Chain
+    peaks: tuple[int, ...] | None = None  # with max_memory: each stage's peak memory in bytes
 
     @property
     def bottleneck(self) -> float:
@@ -79,17 +87,22 @@ def balance(
     cost: CostModel | Mapping[str, float],
     candidates: Candidates = None,
     comm_weight: float = 0.0,
+    max_memory: float | None = None,
+    training: Training | None = None,
 ) -> tuple[Cut, ...]:
     """The `num_stages - 1` cuts, among `candidates`, that minimise the most expensive stage.
 
     `cost` is a cost model (`core.costs.params`, `core.costs.flops`, ...) or a table from
     module path to cost. `comm_weight` adds `comm_weight * bytes` for the values crossing a
-    boundary to the stages on both of its sides (needs value info). The cuts come in
-    execution order, ready for `core.plan`. Raises `BalanceError` (or a `CutError` for bad
-    candidate paths), both `PlanError`s.
+    boundary to the stages on both of its sides (needs value info). `max_memory` (bytes)
+    keeps every stage's peak memory under the cap, for `training` (`core.fit.Training`:
+    schedule, microbatches, optimizer, dtype; default 1F1B, 4 microbatches, Adam, the model's
+    dtype; needs value info). The cuts come in execution order, ready for `core.plan`. Raises
+    `BalanceError` (or a `CutError` for bad candidate paths), both `PlanError`s.
     """
     return balance_report(
-        snapshot, num_stages, cost=cost, candidates=candidates, comm_weight=comm_weight
+        snapshot, num_stages, cost=cost, candidates=candidates, comm_weight=comm_weight,
+        max_memory=max_memory, training=training,
     ).cuts
 
 
@@ -100,10 +113,17 @@ def balance_report(
     cost: CostModel | Mapping[str, float],
     candidates: Candidates = None,
     comm_weight: float = 0.0,
+    max_memory: float | None = None,
+    training: Training | None = None,
 ) -> Balance:
     """`balance`, with the stage costs and the candidate chain it chose from."""
     check_num_stages(num_stages)
     check_comm_weight(comm_weight)
+    cap = _check_max_memory(max_memory)
+    if training is not None and not isinstance(training, Training):
+        raise TypeError(f"training={training!r}: give a core.fit.Training (schedule, microbatches, optimizer, dtype).")
+    if cap is not None:
+        (training or Training()).check()
     found = chain(snapshot, cost, candidates, with_bytes=comm_weight > 0)
     available = len(found.segment_costs)
     if num_stages > available:
@@ -112,6 +132,21 @@ def balance_report(
             f"(at most {available} stages); give more candidates (candidates=<call depth> or "
             "a list of module paths) or ask for fewer stages."
         )
+    if cap is not None:
+        assert found.flat is not None
+        memory = RangeMemory(found.flat, snapshot, training or Training())
+        flight = memory.in_flight(num_stages)
+        fitted = fit_partition(
+            found.segment_costs,
+            num_stages,
+            cap,
+            lambda t, i, stop: memory.peaks(flight[t], i, stop),
+            boundary_bytes=found.boundary_bytes,
+            comm_weight=comm_weight,
+            describe=lambda k: str(found.boundaries[k]) if 0 <= k < len(found.boundaries) else "the model's end",
+        )
+        split = fitted.split
+        return Balance(tuple(found.boundaries[k] for k in split.cuts), split.stage_costs, found, fitted.peaks)
     split = partition_chain(
         found.segment_costs,
         num_stages,
@@ -119,3 +154,14 @@ def balance_report(
         comm_weight=comm_weight,
     )
     return Balance(tuple(found.boundaries[k] for k in split.cuts), split.stage_costs, found)
+
+
+def _check_max_memory(max_memory: float | None) -> int | None:
+    """The cap in whole bytes (a fraction of a byte cannot be held)."""
+    if max_memory is None:
+        return None
+    if isinstance(max_memory, bool) or not isinstance(max_memory, (int, float)):
+        raise TypeError(f"max_memory={max_memory!r}: give bytes, a number > 0 (80e9 for 80 GB).")
+    if not (math.isfinite(max_memory) and max_memory > 0):
+        raise BalanceError(f"max_memory={max_memory!r}: give bytes, a finite number > 0 (80e9 for 80 GB).")
+    return int(max_memory)

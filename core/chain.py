@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from core.assign import assign_stages
 from core.candidates import Candidates, candidate_cuts
@@ -52,6 +52,8 @@ class Chain:
     segment_costs: tuple[float, ...]
     boundary_bytes: tuple[int, ...] | None = None
     merged: tuple[Cut, ...] = ()
+    # The flat graph with the kept boundaries (for `core.fit`, which prices memory per range).
+    flat: FlatGraph | None = field(default=None, compare=False, repr=False)
 
 
 def chain(
@@ -114,12 +116,14 @@ def chain(
         merged.append(kept.pop())
         tail = groups.pop()
         groups[-1].extend(tail)
-    crossing = _crossing_bytes(FlatGraph(graph, tuple(kept))) if with_bytes else None
+    kept_flat = FlatGraph(graph, tuple(kept))
+    crossing = _crossing_bytes(kept_flat) if with_bytes else None
     return Chain(
         tuple(b.cut for b in kept),
         _segment_sums(groups),
         crossing,
         tuple(b.cut for b in sorted(merged, key=lambda b: b.position)),
+        kept_flat,
     )
 
 

@@ -5,7 +5,7 @@
 
 Per parameter element (one count per storage: a tied weight held by two stages counts in both,
 as each rank holds its own copy), with `p` the item size of the training dtype (the snapshot's
-own when `dtype` is None):
+own when `dtype` is None; a 16-bit one means mixed precision either way):
 
 | optimizer | dtype 32/64-bit | 16-bit (mixed precision: float32 master weights and state) |
 |---|---|---|
@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.errors import PlanError
-from core.saved import FLOAT_DTYPES, itemsize
-from core.snapshot import Snapshot
+from core.saved import itemsize
+from core.snapshot import Param, Snapshot
 
-__all__ = ["OPTIMIZERS", "DTYPES", "StageWeights", "stage_weights", "check_optimizer", "check_dtype"]
+__all__ = ["DTYPES", "OPTIMIZERS", "FiguresError", "StageWeights", "check_dtype", "check_optimizer", "param_bytes", "stage_weights"]
 
 OPTIMIZERS: tuple[str, ...] = ("sgd", "momentum", "adam", "adamw")
 _STATES = {"sgd": 0, "momentum": 1, "adam": 2, "adamw": 2}
@@ -67,8 +67,6 @@ def stage_weights(plan: Any, snapshot: Snapshot, *, optimizer: str = "adam", dty
     """One `StageWeights` per stage of `plan` (see the module doc for the bytes per element)."""
     check_optimizer(optimizer)
     check_dtype(dtype)
-    mixed = dtype in ("float16", "bfloat16")
-    states = _STATES[optimizer]
     out = []
     for stage in plan.stages:
         seen: set[str] = set()
@@ -78,21 +76,26 @@ def stage_weights(plan: Any, snapshot: Snapshot, *, optimizer: str = "adam", dty
             if param is None or param.key in seen:
                 continue
             seen.add(param.key)
-            if param.buffer:
-                buffers += param.nbytes
-                continue
-            own = param.nbytes // param.numel if param.numel else 0
-            size = itemsize(dtype) or own if dtype is not None else own
-            numel += param.numel
-            weights += param.numel * size
-            grads += param.numel * size
-            if mixed:
-                state += param.numel * 4 * (1 + states)
-            else:
-                state += param.numel * size * states
+            w, b, g, o = param_bytes(param, optimizer, dtype)
+            numel += 0 if param.buffer else param.numel
+            weights += w
+            buffers += b
+            grads += g
+            state += o
         out.append(StageWeights(numel, weights, buffers, grads, state))
     return tuple(out)
 
 
-def float_dtype(name: str | None) -> bool:
-    return name in FLOAT_DTYPES
+def param_bytes(param: Param, optimizer: str, dtype: str | None) -> tuple[int, int, int, int]:
+    """(weights, buffers, grads, optimizer state) bytes of one parameter storage (module doc)."""
+    if param.buffer:
+        return 0, param.nbytes, 0, 0
+    own = param.nbytes // param.numel if param.numel else 0
+    size = (itemsize(dtype) or own) if dtype is not None else own
+    weights = param.nbytes if dtype is None else param.numel * size
+    states = _STATES[optimizer]
+    if size == 2:  # 16-bit training: float32 master weights and state
+        state = param.numel * 4 * (1 + states)
+    else:
+        state = param.numel * size * states
+    return weights, 0, weights, state

@@ -41,7 +41,7 @@ from typing import Any, Union
 from core.graph import Arg, DictOf, Graph, ListOf, Node, Opaque, Ref, SliceOf, ValueInfo
 from core.snapshot import Module, Snapshot, join
 
-__all__ = ["ArgPath", "LeafSaved", "StageSaved", "saved_in_stages", "itemsize", "FLOAT_DTYPES"]
+__all__ = ["ArgPath", "FLOAT_DTYPES", "LeafSaved", "RangeSaved", "StageSaved", "itemsize", "saved_in_stages"]
 
 FLOAT_DTYPES: Mapping[str, int] = {
     "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2,
@@ -270,6 +270,101 @@ def _stage(state: _State, stage: Any, first: bool) -> StageSaved:
     held_roots = (saved_roots | sent) - received
     held = sum(state.storages[r].nbytes for r in held_roots) + state.internal
     return StageSaved(saved, held, saved_received, tuple(state.assumed))
+
+
+class _LazyEnv(dict[str, Any]):
+    """Values by name; a parameter read (get_attr, copied into every stage that reads it) is
+    made when first read."""
+
+    def __init__(self, state: _State, graph: Graph) -> None:
+        super().__init__()
+        self.state = state
+        self.graph = graph
+
+    def __missing__(self, name: str) -> Any:
+        node = self.graph.node(name)
+        if node.op != "get_attr":
+            raise KeyError(name)
+        value = _attribute(self.state, node, "")
+        self[name] = value
+        return value
+
+
+class RangeSaved:
+    """What stages made of consecutive segments of a chain keep, for every range at once.
+
+    `flat` is the flat graph with a boundary at every candidate (`core.chain.Chain.flat`):
+    the stage between boundaries i and j (segments i..j-1) is what `core.plan` makes of the
+    cuts at those two boundaries (when the cuts' spine is the candidates', as for siblings), so
+    `held(i)[j - i - 1]` is `saved_in_stages(plan(...))[...].held` for it. Each start is one pass
+    over the segments after it; `stop` bounds the pass."""
+
+    def __init__(
+        self,
+        flat: Any,
+        snapshot: Snapshot,
+        *,
+        measured: Mapping[str, Sequence[LeafSaved]] | None = None,
+        dtype: str | None = None,
+    ) -> None:
+        from core.assign import ANY_STAGE, assign_stages
+        from core.liveness import live_in
+
+        self.graph: Graph = flat.graph
+        self.snapshot = snapshot
+        self.measured = measured or {}
+        self.dtype = dtype
+        stages = assign_stages(flat)
+        self.count = len(flat.boundaries) + 1
+        self.live = live_in(self.graph, stages, self.count)
+        self.segments: list[list[Node]] = [[] for _ in range(self.count)]
+        for node, stage in zip(self.graph.nodes, stages):
+            if stage != ANY_STAGE and node.op not in ("placeholder", "output"):
+                self.segments[stage].append(node)
+        self.output = self.graph.output
+        self._cache: dict[int, list[int | None]] = {}
+
+    def held(self, start: int, stop: int) -> list[int | None]:
+        """Held bytes per microbatch of the stages start..j for j = start+1 .. stop (None where
+        value info is missing)."""
+        cached = self._cache.get(start)
+        if cached is not None and len(cached) >= stop - start:
+            return cached[: stop - start]
+        state = _State(self.snapshot, self.measured, self.dtype)
+        env = _LazyEnv(state, self.graph)
+        received: set[int] = set()
+        out: list[int | None] = []
+        try:
+            for name in self.live[start]:
+                value = _fresh(state, self.graph.node(name).info, name, grad=start > 0)
+                env[name] = value
+                if isinstance(value, _T):
+                    received.add(value.root)
+            kept_bytes = 0
+            counted: set[int] = set()
+            for k in range(start, stop):
+                for node in self.segments[k]:
+                    env[node.name] = _eval(state, node, env, "")
+                for root in state.kept - counted - received:
+                    kept_bytes += state.storages[root].nbytes
+                counted |= state.kept
+                if k + 1 < self.count:
+                    sent_values = [env[name] for name in self.live[k + 1]]
+                else:
+                    sent_values = [_resolve(self.output.args[0], env)] if self.output.args else []
+                extra = 0
+                seen: set[int] = set()
+                for t in _tensors(sent_values):
+                    r = t.root
+                    if r in counted or r in received or r in seen or state.storages[r].param:
+                        continue
+                    seen.add(r)
+                    extra += state.storages[r].nbytes
+                out.append(kept_bytes + extra + state.internal)
+        except _Missing:
+            out.extend([None] * (stop - start - len(out)))
+        self._cache[start] = out
+        return out
 
 
 def _fresh(state: _State, info: ValueInfo | None, name: str, grad: bool) -> Any:
