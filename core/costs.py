@@ -28,6 +28,7 @@ node. Models are pure functions of their inputs. The built-in ones:
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TypeAlias
@@ -138,8 +139,16 @@ class ModuleCosts:
 
 
 def by_module(mapping: Mapping[str, float], fallback: CostModel | None = None) -> ModuleCosts:
-    """A cost model from a table of module path -> cost (for example measured seconds)."""
-    return ModuleCosts(pmap({str(k): float(v) for k, v in mapping.items()}), fallback)
+    """A cost model from a table of module path -> cost (for example measured seconds).
+    Paths must be strings and costs numbers (a `TypeError` otherwise); `balance` refuses costs
+    that are negative or not finite with a `BalanceError`."""
+    if not isinstance(mapping, Mapping):
+        raise TypeError(f"by_module takes a mapping from module path to cost, not {type(mapping).__name__}")
+    for key, cost in mapping.items():
+        value: object = cost
+        if not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"cost table entry {key!r}: {value!r}; the table maps module paths (str) to numbers")
+    return ModuleCosts(pmap({k: float(v) for k, v in mapping.items()}), fallback)
 
 
 # ---------------------------------------------------------------------------

@@ -151,6 +151,11 @@ class Snapshot:
     _checked: bool = field(init=False, default=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
+        root: object = self.root
+        if not isinstance(root, Module):
+            raise TypeError(f"Snapshot takes the root Module, not {type(root).__name__}")
+        if not isinstance(self.tracer, str):
+            raise TypeError(f"Snapshot's tracer is a string, not {type(self.tracer).__name__}")
         object.__setattr__(self, "_modules", MappingProxyType({m.path: m for m in self.root.walk()}))
 
     def __reduce__(self) -> tuple[type[Snapshot], tuple[Module, str]]:

@@ -185,6 +185,10 @@ def test_wrong_argument_types_are_type_errors() -> None:
         Snapshot.from_json(None)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="num_stages"):
         balance(snapshot, 2.0, cost=costs.params)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="cost table entry 'enc'"):
+        balance(snapshot, 2, cost={"enc": "3"})  # type: ignore[dict-item]
+    with pytest.raises(TypeError, match="takes the root Module"):
+        Snapshot("root")  # type: ignore[arg-type]
 
 
 def test_huge_costs_are_a_balance_error() -> None:
