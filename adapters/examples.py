@@ -8,14 +8,14 @@ cut on its own. Models are built on the CPU from a seed; nothing is downloaded.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["EXAMPLES", "Example", "build"]
+__all__ = ["EXAMPLES", "Example", "build", "check_options"]
 
 
 @dataclass(frozen=True)
@@ -596,8 +596,17 @@ EXAMPLES: dict[str, Callable[..., Example]] = {
 
 
 def build(name: str, **options: Any) -> Example:
-    """Build the example called ``name``; unknown names raise ValueError."""
+    """Build the example called ``name``; unknown names, and sizes or counts below 1 (every
+    integer option but ``seed``), raise ValueError."""
     factory = EXAMPLES.get(name)
     if factory is None:
         raise ValueError(f"unknown example {name!r}; known examples: {', '.join(EXAMPLES)}")
+    check_options(name, options)
     return factory(**options)
+
+
+def check_options(name: str, options: Mapping[str, Any]) -> None:
+    """Sizes and counts (every integer option but ``seed``) must be at least 1: ValueError."""
+    for key, value in options.items():
+        if key != "seed" and type(value) is int and value < 1:
+            raise ValueError(f"{name}: {key}={value}; sizes and counts must be at least 1")

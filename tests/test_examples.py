@@ -222,3 +222,11 @@ def test_unknown_name_raises_value_error_listing_names() -> None:
         build("nope")
     for name in EXAMPLES:
         assert name in str(info.value)
+
+
+def test_sizes_and_counts_below_one_are_refused() -> None:
+    from adapters.examples import build
+
+    for options in ({"n_layers": -1}, {"n_layers": 0}, {"batch": 0}):
+        with pytest.raises(ValueError, match="at least 1"):
+            build("gpt", **options)

@@ -94,12 +94,13 @@ def _forms() -> str:
 
 
 def _builtin(name: str, options: Mapping[str, Any]) -> ModelSource:
-    from adapters.examples import EXAMPLES
+    from adapters.examples import EXAMPLES, check_options
 
     factory = EXAMPLES.get(name)
     if factory is None:
         raise UsageError(f"--model {name!r}: unknown model; give {_forms()}")
     try:
+        check_options(name, options)
         return _call(name, factory, {**DEFAULT_OPTIONS.get(name, {}), **options})
     except ValueError as err:  # the examples reject inconsistent options this way
         raise UsageError(f"--model {name}: {err}") from err
