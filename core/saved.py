@@ -41,7 +41,7 @@ from typing import Any, Union
 from core.graph import Arg, DictOf, Graph, ListOf, Node, Opaque, Ref, SliceOf, ValueInfo
 from core.snapshot import Module, Snapshot, join
 
-__all__ = ["ArgPath", "FLOAT_DTYPES", "LeafSaved", "RangeSaved", "StageSaved", "itemsize", "saved_in_stages"]
+__all__ = ["ArgPath", "FLOAT_DTYPES", "LeafSaved", "RangeSaved", "StageSaved", "has_module_rule", "itemsize", "saved_in_stages"]
 
 FLOAT_DTYPES: Mapping[str, int] = {
     "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2,
@@ -55,6 +55,13 @@ _OTHER_DTYPES: Mapping[str, int] = {
 ArgPath = tuple[Union[int, str], ...]
 """Where a tensor is in a call's arguments: a positional index or a keyword name, then indices
 (or keys) into the tuples, lists and dicts around it: `(0,)`, `("position_embeddings", 1)`."""
+
+
+def has_module_rule(type_name: str) -> bool:
+    """Does core know what a module of this type keeps (a torch.nn built-in with a rule, or a
+    container that is never called)?"""
+    kind = type_name.rpartition(".")[2]
+    return kind in _MODULE_RULES or kind in _PASS_THROUGH or kind in ("ModuleList", "ModuleDict", "Sequential")
 
 
 def itemsize(dtype: str) -> int | None:

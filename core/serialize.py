@@ -215,6 +215,11 @@ def _plan_from_json(text: str | bytes) -> Plan:
         tracer = data.get("tracer", "")
         if type(tracer) is not str:
             raise _Bad(f"tracer is {_show(tracer)}; it must be a string").at(".tracer")
+        # the memory, traffic and time figures `stagecut plan --schedule ...` adds: not part of
+        # the plan (they depend on how it is trained), read past
+        training = data.get("training")
+        if training is not None and type(training) is not dict:
+            raise _Bad(f"training is {_show(training)}; it must be an object").at(".training")
         stages = []
         for i, stage in _items(data["stages"], ".stages"):
             try:
@@ -245,7 +250,7 @@ def module_json_path(path: str) -> str:
 
 
 _DOC_KEYS = frozenset(("schema", "root", "tracer"))
-_PLAN_KEYS = frozenset(("schema", "tracer", "cuts", "ties", "stages"))
+_PLAN_KEYS = frozenset(("schema", "tracer", "cuts", "ties", "stages", "training"))
 _MODULE_KEYS = frozenset(("path", "type", "graph", "leaf_reason", "params", "children"))
 _PARAM_KEYS = frozenset(("key", "numel", "nbytes", "buffer"))
 _NODE_KEYS = frozenset(("name", "op", "target", "args", "kwargs", "info"))

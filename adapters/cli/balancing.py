@@ -11,6 +11,7 @@ import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Any
 
 from core.cuts import Cut
 from core.snapshot import Snapshot
@@ -33,8 +34,18 @@ class Balanced:
     imbalance: float  # max / mean: 1.0 is perfect; the pipeline runs at its slowest stage's pace
 
 
-def balance(snapshot: Snapshot, stages: int, cost: str, measured: Mapping[str, float] | None = None) -> Balanced:
-    """The cuts `core.balance` picks for `stages` stages; `measured` is needed for cost "measured"."""
+def balance(
+    snapshot: Snapshot,
+    stages: int,
+    cost: str,
+    measured: Mapping[str, float] | None = None,
+    *,
+    max_memory: float | None = None,
+    training: Any = None,
+) -> Balanced:
+    """The cuts `core.balance` picks for `stages` stages; `measured` is needed for cost "measured".
+    With `max_memory`, every stage's peak memory under `training` (`core.fit.Training`) stays
+    under it."""
     balancer, models = _module("core.balance"), _module("core.costs")
     if cost == "measured":
         if measured is None:
@@ -42,7 +53,10 @@ def balance(snapshot: Snapshot, stages: int, cost: str, measured: Mapping[str, f
         model = models.by_module(measured)
     else:
         model = getattr(models, cost)
-    report = balancer.balance_report(snapshot, stages, cost=model)
+    if max_memory is None:
+        report = balancer.balance_report(snapshot, stages, cost=model)
+    else:
+        report = balancer.balance_report(snapshot, stages, cost=model, max_memory=max_memory, training=training)
     scale = UNITS[cost][1]
     return Balanced(tuple(report.cuts), tuple(c * scale for c in report.stage_costs), float(report.imbalance))
 
