@@ -35,6 +35,7 @@ from core.cuts import Cut
 from core.errors import BalanceError
 from core.fit import RangeMemory, Training, fit_partition
 from core.partition import ChainSplit, check_comm_weight, check_num_stages, partition_chain
+from core.plan import no_cycle_collection
 from core.snapshot import Snapshot
 
 __all__ = [
@@ -117,6 +118,19 @@ def balance_report(
     training: Training | None = None,
 ) -> Balance:
     """`balance`, with the stage costs and the candidate chain it chose from."""
+    with no_cycle_collection():  # as `plan`: many long-lived objects, no cycles (core.plan)
+        return _balance_report(snapshot, num_stages, cost, candidates, comm_weight, max_memory, training)
+
+
+def _balance_report(
+    snapshot: Snapshot,
+    num_stages: int,
+    cost: CostModel | Mapping[str, float],
+    candidates: Candidates,
+    comm_weight: float,
+    max_memory: float | None,
+    training: Training | None,
+) -> Balance:
     check_num_stages(num_stages)
     check_comm_weight(comm_weight)
     cap = _check_max_memory(max_memory)

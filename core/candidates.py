@@ -134,10 +134,13 @@ def _automatic(snapshot: Snapshot) -> tuple[Cut, ...]:
     counts = _call_counts(snapshot)
     calls, caller = _calls_in_execution_order(snapshot)
     found: dict[tuple[str, str], list[str]] = {}
+    modules = snapshot.modules
     for owner, node in calls:
         prefix, _, last = node.target.rpartition(".")
+        if not last.isdigit():
+            continue
         path = join(owner, node.target)
-        if last.isdigit() and counts[path] == 1 and path in snapshot.modules:
+        if counts[path] == 1 and path in modules:
             found.setdefault((owner, join(owner, prefix)), []).append(path)
     listed = [
         (order, container, unique)
@@ -207,18 +210,21 @@ def _calls_in_execution_order(snapshot: Snapshot) -> tuple[list[tuple[str, Node]
     stack: list[tuple[Module, int]] = []
     if snapshot.root.graph is not None:
         stack.append((snapshot.root, 0))
+    modules = snapshot.modules
     while stack:  # an explicit stack: module trees can be deep
         owner, index = stack.pop()
         assert owner.graph is not None
         nodes = owner.graph.nodes
-        while index < len(nodes):
+        owner_path = owner.path
+        size = len(nodes)
+        while index < size:
             node = nodes[index]
             index += 1
             if node.op != "call_module":
                 continue
-            out.append((owner.path, node))
-            path = join(owner.path, node.target)
-            callee = snapshot.modules.get(path)
+            out.append((owner_path, node))
+            path = f"{owner_path}.{node.target}" if owner_path else node.target  # join()
+            callee = modules.get(path)
             if path in caller or callee is None:
                 continue
             caller[path] = owner.path

@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 
 from core.assign import assign_stages
 from core.candidates import Candidates, candidate_cuts
-from core.costs import CostContext, CostModel, ModuleCosts, by_module
+from core.chain_fast import fast_params, root_level_flat
+from core.costs import CostContext, CostModel, ModuleCosts, by_module, params
 from core.cuts import Cut
 from core.errors import BalanceError, UnknownPath
-from core.graph import Graph
+from core.graph import Graph, Node
 from core.liveness import live_in
 from core.propagate import Boundary, FlatGraph, propagate
 from core.rules import is_compute
@@ -73,8 +74,12 @@ def chain(
     model = _cost_model(cost, snapshot)
     check_snapshot(snapshot)
     cuts = candidate_cuts(snapshot, candidates)
-    spine = check_cuts(snapshot, cuts)
-    flat = propagate(snapshot, spine)
+    # Candidates called by the root graph need neither the cut checks nor inlining (core.chain_fast).
+    flat = root_level_flat(snapshot, cuts)
+    if flat is None:
+        flat = propagate(snapshot, check_cuts(snapshot, cuts))
+    if model is params:
+        model = fast_params(snapshot)
     graph = flat.graph
     bounds = flat.boundaries
     positions = [b.position for b in bounds]
@@ -82,40 +87,45 @@ def chain(
     prices: list[list[float]] = [[] for _ in range(raw)]
     work = [False] * raw
     where = CostContext(snapshot, graph)
-    segment = 0
-    for i, node in enumerate(graph.nodes):
-        while segment < len(positions) and positions[segment] <= i:
-            segment += 1
-        price = model(node, where)
-        if not isinstance(price, (int, float)) or not 0.0 <= price < math.inf:
-            raise BalanceError(
-                f"cost of node {node.name!r} ({node.op} {node.target}) is {price!r}; "
-                "a cost must be a finite number >= 0."
-            )
-        if price:
-            prices[segment].append(float(price))
-        if is_compute(node):
-            work[segment] = True
+    nodes = graph.nodes
+    edges = [0, *positions, len(nodes)]
+    for segment in range(raw):  # the nodes of each segment, without a test per node
+        here = prices[segment]
+        busy = False
+        for node in nodes[edges[segment] : edges[segment + 1]]:
+            price = model(node, where)
+            if price:
+                if not isinstance(price, (int, float)) or not 0.0 < price < math.inf:
+                    raise _bad_price(node, price)
+                here.append(float(price))
+            elif not isinstance(price, (int, float)) or price != 0.0:
+                raise _bad_price(node, price)
+            if not busy and is_compute(node):
+                busy = True
+        work[segment] = busy
     # Keep a boundary only if something is computed since the previous kept one, and drop the
     # last one if nothing is computed after it: every choice of kept boundaries is then valid.
     kept: list[Boundary] = []
     merged: list[Boundary] = []
     groups: list[list[float]] = [[]]
-    busy = False
-    for k in range(raw):
-        groups[-1].extend(prices[k])
-        busy = busy or work[k]
-        if k < len(bounds):
-            if busy:
-                kept.append(bounds[k])
-                groups.append([])
-                busy = False
-            else:
-                merged.append(bounds[k])
-    if kept and not busy:
-        merged.append(kept.pop())
-        tail = groups.pop()
-        groups[-1].extend(tail)
+    if bounds and all(work):  # the usual case: every segment computes something, all are kept
+        kept, groups = list(bounds), prices
+    else:
+        busy = False
+        for k in range(raw):
+            groups[-1].extend(prices[k])
+            busy = busy or work[k]
+            if k < len(bounds):
+                if busy:
+                    kept.append(bounds[k])
+                    groups.append([])
+                    busy = False
+                else:
+                    merged.append(bounds[k])
+        if kept and not busy:
+            merged.append(kept.pop())
+            tail = groups.pop()
+            groups[-1].extend(tail)
     kept_flat = FlatGraph(graph, tuple(kept))
     crossing = _crossing_bytes(kept_flat) if with_bytes else None
     return Chain(
@@ -124,6 +134,13 @@ def chain(
         crossing,
         tuple(b.cut for b in sorted(merged, key=lambda b: b.position)),
         kept_flat,
+    )
+
+
+def _bad_price(node: Node, price: object) -> BalanceError:
+    return BalanceError(
+        f"cost of node {node.name!r} ({node.op} {node.target}) is {price!r}; "
+        "a cost must be a finite number >= 0."
     )
 
 

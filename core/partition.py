@@ -89,7 +89,10 @@ def partition_chain(
             f"boundary_bytes has {len(boundary_bytes)} entries; a chain of {m} segments has "
             f"{m - 1} boundaries."
         )
-    ratios = [_ratio(c, f"cost of segment {k}") for k, c in enumerate(costs)]
+    if all(type(c) is float and 0.0 <= c < math.inf for c in costs):  # the usual chain: no checks to make
+        ratios = [c.as_integer_ratio() for c in costs]
+    else:
+        ratios = [_ratio(c, f"cost of segment {k}") for k, c in enumerate(costs)]
     comm = boundary_bytes is not None and comm_weight > 0
     extra: list[tuple[int, int]] = []
     if comm:
