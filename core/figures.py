@@ -160,6 +160,7 @@ def figures(
     dtype: str | None = None,
     ranks: int | None = None,
     bandwidth: float | None = None,
+    latency: float = 0.0,
     forward: Sequence[float] | None = None,
     backward: Sequence[float] | None = None,
     measured: Mapping[str, Sequence[LeafSaved]] | None = None,
@@ -168,7 +169,8 @@ def figures(
     """The figures of `plan` (of `snapshot`) trained with this schedule (module doc).
 
     `ranks` defaults to `stagecut train`'s (one per stage for gpipe and 1f1b, else half the
-    stages); `forward`/`backward` are seconds per microbatch per stage (`stage_seconds`);
+    stages); a hop of `b` bytes takes `latency + b / bandwidth` seconds (`latency` only when
+    `bandwidth` is given); `forward`/`backward` are seconds per microbatch per stage (`stage_seconds`);
     `measured` the `LeafSaved` records of untraced modules (`adapters.memory.leaf_saved`);
     `saved` reuses `core.saved.saved_in_stages` results. Raises `ScheduleError` or
     `FiguresError` (both `PlanError`s) for settings that cannot run."""
@@ -183,6 +185,8 @@ def figures(
     check(schedule, n, num_ranks, microbatches)
     if bandwidth is not None and (isinstance(bandwidth, bool) or not isinstance(bandwidth, (int, float)) or not bandwidth > 0 or math.isinf(bandwidth)):
         raise FiguresError(f"bandwidth={bandwidth!r}: give bytes per second, a finite number > 0.")
+    if isinstance(latency, bool) or not isinstance(latency, (int, float)) or not 0 <= latency < math.inf:
+        raise FiguresError(f"latency={latency!r}: give seconds per message, a finite number >= 0.")
     for name, values in (("forward", forward), ("backward", backward)):
         if values is not None and (len(values) != n or not all(v >= 0 and math.isfinite(v) for v in values)):
             raise FiguresError(f"{name} must give {n} finite seconds >= 0, one per stage.")
@@ -207,8 +211,8 @@ def figures(
         )
     peaks = _rank_peaks(order, stages, num_ranks)
     timeline = None
-    send_f = [_seconds(hops[s][0], bandwidth) for s in range(n - 1)] + [0.0]
-    send_b = [_seconds(hops[s][1], bandwidth) for s in range(n - 1)] + [0.0]
+    send_f = [_seconds(hops[s][0], bandwidth, latency) for s in range(n - 1)] + [0.0]
+    send_b = [_seconds(hops[s][1], bandwidth, latency) for s in range(n - 1)] + [0.0]
     if forward is not None and backward is not None:
         if all(v is not None for v in send_f + send_b):
             timeline = simulate(
@@ -224,10 +228,12 @@ def figures(
     )
 
 
-def _seconds(nbytes: int | None, bandwidth: float | None) -> float | None:
+def _seconds(nbytes: int | None, bandwidth: float | None, latency: float = 0.0) -> float | None:
     if nbytes is None:
         return None
-    return 0.0 if bandwidth is None else nbytes / bandwidth
+    if bandwidth is None or nbytes == 0:
+        return 0.0
+    return latency + nbytes / bandwidth
 
 
 def _rank_peaks(order: tuple[tuple[object, ...], ...], stages: Sequence[StageFigureSet], num_ranks: int) -> tuple[int | None, ...]:

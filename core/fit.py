@@ -322,7 +322,7 @@ def _no_fit(
         f"{human_bytes(max_memory)}: the smallest achievable peak is {human_bytes(int(smallest))} "
         f"({int(smallest)} bytes, stage {worst_stage}, with cuts {cuts}); raise the cap to at "
         "least that, use more stages, fewer microbatches in flight (another schedule or "
-        "microbatch count), a lighter optimizer state, or a 16-bit dtype."
+        "microbatch count), or a lighter optimizer state or dtype."
     )
 
 

@@ -161,6 +161,10 @@ class _State:
     pending: set[tuple[int, Any]] = field(default_factory=set)  # container items kept when read
     fresh_grad: set[tuple[int, Any]] = field(default_factory=set)  # container items needing grad
     depth: int = 0
+    # Calls of traced modules already interpreted, by structure and inputs (see `_traced_call`);
+    # shared by the interpretations of one plan (or of one chain's ranges).
+    memo: dict[Any, Any] = field(default_factory=dict)
+    shapes: dict[Any, Any] = field(default_factory=dict)  # id(module) and structures -> numbers
 
     def storage(self, nbytes: int, dtype: str, param: bool = False) -> int:
         self.storages.append(_Storage(nbytes, dtype, param))
@@ -246,9 +250,11 @@ def saved_in_stages(
     """One `StageSaved` per stage of `plan` (a `core.Plan` of `snapshot`)."""
     state_measured = measured or {}
     calls: dict[str, int] = {}
+    memo: dict[Any, Any] = {}
+    shapes: dict[Any, Any] = {}
     out = []
     for stage in plan.stages:
-        state = _State(snapshot, state_measured, dtype, calls=calls)
+        state = _State(snapshot, state_measured, dtype, calls=calls, memo=memo, shapes=shapes)
         try:
             out.append(_stage(state, stage, stage.index == 0))
         except _Missing as err:
@@ -330,6 +336,8 @@ class RangeSaved:
                 self.segments[stage].append(node)
         self.output = self.graph.output
         self._cache: dict[int, list[int | None]] = {}
+        self._memo: dict[Any, Any] = {}
+        self._shapes: dict[Any, Any] = {}
 
     def held(self, start: int, stop: int) -> list[int | None]:
         """Held bytes per microbatch of the stages start..j for j = start+1 .. stop (None where
@@ -337,7 +345,7 @@ class RangeSaved:
         cached = self._cache.get(start)
         if cached is not None and len(cached) >= stop - start:
             return cached[: stop - start]
-        state = _State(self.snapshot, self.measured, self.dtype)
+        state = _State(self.snapshot, self.measured, self.dtype, memo=self._memo, shapes=self._shapes)
         env = _LazyEnv(state, self.graph)
         received: set[int] = set()
         out: list[int | None] = []
@@ -559,12 +567,159 @@ def _traced_call(state: _State, module: Module, node: Node, args: list[Any], kwa
             inner[placeholder.name] = _resolve(placeholder.args[0], {})
         else:
             inner[placeholder.name] = None
+    # A stack of equal blocks: the same module structure called on inputs of the same layout
+    # keeps the same things; interpret it once, replay it for the others.
+    roots: dict[int, int] = {}
+    try:
+        key = (_structure(state, module), _signature(list(inner.values()), roots, state), state.dtype)
+    except _NoMemo:
+        key = None
+    if key is not None:
+        recorded = state.memo.get(key)
+        if recorded is not None:
+            return _replay(state, recorded, roots, module.path)
+    before_storages, outer_kept, before_internal = len(state.storages), state.kept, state.internal
+    before_assumed, before_calls = len(state.assumed), dict(state.calls)
+    state.kept = set()  # what this call keeps, whatever was kept before it
     state.depth += 1
     try:
         result = _run_graph(state, module.graph, inner, module.path)
+        inner_kept = state.kept
     finally:
         state.depth -= 1
+        state.kept = outer_kept | state.kept
+    if key is not None and len(state.assumed) == before_assumed:
+        try:
+            state.memo[key] = _record(state, result, roots, before_storages, inner_kept, before_internal, before_calls, module.path)
+        except _NoMemo:
+            pass
     return result
+
+
+class _NoMemo(Exception):
+    pass
+
+
+def _structure(state: _State, module: Module) -> int:
+    """A number for what makes two modules interpret alike, without their paths: graphs,
+    types, parameters and the measured records of the modules below, recursively (computed
+    once per module; equal structures get one number, so memo keys hash cheaply)."""
+    found = state.shapes.get(id(module))
+    if found is None:
+        kids = tuple((name, _structure(state, child)) for name, child in sorted(module.children.items()))
+        params = tuple(sorted((name, p.numel, p.nbytes, p.buffer) for name, p in module.params.items()))
+        records = tuple(state.measured.get(module.path, ())) if module.graph is None else ()
+        whole = (module.type_name, module.graph, params, records, kids)
+        number = state.shapes.setdefault(whole, len(state.shapes))
+        state.shapes[id(module)] = (number, module)  # the module too: ids stay unique while cached
+        return int(number)
+    return int(found[0])
+
+
+def _signature(values: list[Any], roots: dict[int, int], state: _State) -> Any:
+    """The inputs' layouts, with their storages numbered by first appearance (aliasing)."""
+    out: list[Any] = []
+    for value in values:
+        if isinstance(value, _T):
+            if state.storages[value.root].param:
+                raise _NoMemo
+            number = roots.setdefault(value.root, len(roots))
+            out.append(("t", number, value.shape, value.strides, value.dtype, value.grad))
+        elif isinstance(value, tuple):
+            out.append(("tuple", _signature(list(value), roots, state)))
+        elif isinstance(value, list):
+            out.append(("list", _signature(value, roots, state)))
+        elif isinstance(value, dict):
+            out.append(("dict", tuple(value), _signature(list(value.values()), roots, state)))
+        elif value is SCALAR or value is None or isinstance(value, (bool, int, float, str, Opaque)):
+            out.append(("c", value if value is not SCALAR else "<scalar>"))
+        else:
+            raise _NoMemo
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class _Recorded:
+    new: tuple[tuple[int, str, bool], ...]  # storages made inside: bytes, dtype, param
+    kept_inputs: tuple[int, ...]  # input storage numbers kept
+    kept_new: tuple[int, ...]  # indices into `new` kept
+    internal: int
+    result: Any  # the result with tensors as ("in", number, ...) or ("new", index, ...)
+    calls: tuple[tuple[str, int], ...]  # call counts added below the module, by relative path
+
+
+def _record(
+    state: _State, result: Any, roots: dict[int, int], first: int, kept: set[int],
+    internal_before: int, calls_before: dict[str, int], prefix: str,
+) -> _Recorded:
+    made = list(range(first, len(state.storages)))
+    index = {root: i for i, root in enumerate(made)}
+    kept_inputs, kept_new = [], []
+    for root in kept:
+        if root in index:
+            kept_new.append(index[root])
+        elif root in roots:
+            kept_inputs.append(roots[root])
+        else:
+            raise _NoMemo
+
+    def encode(value: Any) -> Any:
+        if isinstance(value, _T):
+            if value.root in index:
+                return ("new", index[value.root], value.shape, value.strides, value.dtype, value.grad)
+            if value.root in roots:
+                return ("in", roots[value.root], value.shape, value.strides, value.dtype, value.grad)
+            raise _NoMemo
+        if isinstance(value, tuple):
+            return ("tuple", tuple(encode(v) for v in value))
+        if isinstance(value, list):
+            return ("list", tuple(encode(v) for v in value))
+        if isinstance(value, dict):
+            return ("dict", tuple((k, encode(v)) for k, v in value.items()))
+        if value is SCALAR or value is None or isinstance(value, (bool, int, float, str, Opaque)):
+            return ("c", value)
+        raise _NoMemo
+
+    calls = []
+    for path, count in state.calls.items():
+        added = count - calls_before.get(path, 0)
+        if added:
+            if not path.startswith(prefix + ".") and prefix:
+                raise _NoMemo
+            calls.append((path[len(prefix) + 1 :] if prefix else path, added))
+    return _Recorded(
+        tuple((state.storages[r].nbytes, state.storages[r].dtype, state.storages[r].param) for r in made),
+        tuple(sorted(set(kept_inputs))), tuple(sorted(kept_new)), state.internal - internal_before,
+        encode(result), tuple(calls),
+    )
+
+
+def _replay(state: _State, recorded: _Recorded, roots: dict[int, int], prefix: str) -> Any:
+    by_number = {number: root for root, number in roots.items()}
+    made = [state.storage(nbytes, dtype, param) for nbytes, dtype, param in recorded.new]
+    for number in recorded.kept_inputs:
+        state.kept.add(by_number[number])
+    for i in recorded.kept_new:
+        state.kept.add(made[i])
+    state.internal += recorded.internal
+    for relative, added in recorded.calls:
+        path = join(prefix, relative)
+        state.calls[path] = state.calls.get(path, 0) + added
+
+    def decode(value: Any) -> Any:
+        kind = value[0]
+        if kind in ("new", "in"):
+            _, i, shape, strides, dtype, grad = value
+            return _T(made[i] if kind == "new" else by_number[i], shape, strides, dtype, grad)
+        if kind == "tuple":
+            return tuple(decode(v) for v in value[1])
+        if kind == "list":
+            return [decode(v) for v in value[1]]
+        if kind == "dict":
+            return {k: decode(v) for k, v in value[1]}
+        return value[1]
+
+    return decode(recorded.result)
 
 
 def _measured_call(

@@ -26,7 +26,7 @@ from core.snapshot import Param, Snapshot
 from core.validate import check_cuts
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from balance import gpt_snapshot  # type: ignore[import-not-found]  # noqa: E402
+from balance import gpt_snapshot  # type: ignore[import-not-found,unused-ignore]  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_balance_memory import random_snapshot  # noqa: E402
