@@ -34,7 +34,7 @@ from core.memory import FiguresError, StageWeights, check_dtype, check_optimizer
 from core.plan import Plan
 from core.saved import LeafSaved, StageSaved, saved_in_stages
 from core.schedules import (
-    SCHEDULES,
+    Order,
     Timeline,
     check,
     default_ranks,
@@ -236,11 +236,11 @@ def _seconds(nbytes: int | None, bandwidth: float | None, latency: float = 0.0) 
     return latency + nbytes / bandwidth
 
 
-def _rank_peaks(order: tuple[tuple[object, ...], ...], stages: Sequence[StageFigureSet], num_ranks: int) -> tuple[int | None, ...]:
+def _rank_peaks(order: Order, stages: Sequence[StageFigureSet], num_ranks: int) -> tuple[int | None, ...]:
     acts = [s.memory.activations for s in stages]
     if any(a is None or s.memory.receive_buffers is None for a, s in zip(acts, stages)):
         return tuple(None for _ in range(num_ranks))
-    held = rank_peak(order, [float(a or 0) for a in acts])  # type: ignore[arg-type]
+    held = rank_peak(order, [float(a or 0) for a in acts])
     out = []
     for r in range(num_ranks):
         static = sum(s.memory.weights.total + (s.memory.receive_buffers or 0) for s in stages if s.rank == r)
@@ -262,7 +262,3 @@ def stage_seconds(
         fwd.append(f)
         bwd.append(max(0.0, t - f))
     return tuple(fwd), tuple(bwd)
-
-
-def schedules() -> tuple[str, ...]:
-    return SCHEDULES

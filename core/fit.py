@@ -104,24 +104,30 @@ class RangeMemory:
                         if read is not None:
                             found.setdefault(read.key, read)
             self.params.append(found)
-        self._static: dict[int, list[int]] = {}
+        self._static: dict[int, tuple[set[str], list[int]]] = {}
+        self._param_bytes: dict[str, int] = {}
 
     def static(self, start: int, stop: int) -> list[int]:
-        """Weights, buffers, gradients and optimizer state of stages start..j, j = start+1..stop."""
-        cached = self._static.get(start)
-        if cached is not None and len(cached) >= stop - start:
-            return cached[: stop - start]
-        seen: set[str] = set()
-        total = 0
-        out = []
-        for k in range(start, stop):
+        """Weights, buffers, gradients and optimizer state of stages start..j, j = start+1..stop
+        (each start's running union kept and extended when a longer range is asked for)."""
+        found = self._static.get(start)
+        if found is None:
+            found = self._static[start] = (set(), [])
+        seen, out = found
+        total = out[-1] if out else 0
+        for k in range(start + len(out), stop):
             for key, param in self.params[k].items():
                 if key not in seen:
                     seen.add(key)
-                    total += sum(param_bytes(param, self.training.optimizer, self.training.dtype))
+                    total += self._bytes(key, param)
             out.append(total)
-        self._static[start] = out
-        return out
+        return out[: stop - start]
+
+    def _bytes(self, key: str, param: Param) -> int:
+        found = self._param_bytes.get(key)
+        if found is None:
+            found = self._param_bytes[key] = sum(param_bytes(param, self.training.optimizer, self.training.dtype))
+        return found
 
     def peaks(self, flight: int, start: int, stop: int) -> list[int | None]:
         """Peak bytes of stages start..j (j = start+1..stop) holding `flight` microbatches."""
@@ -197,17 +203,19 @@ def fit_partition(
         can: list[set[int]] = [set() for _ in range(num_stages + 1)]
         can[num_stages] = {m}
         for t in range(num_stages - 1, -1, -1):
-            later = can[t + 1]
+            later = sorted(can[t + 1])
             if not later:
                 return None
             first, last = (0, 0) if t == 0 else (t, m - (num_stages - t))
             for i in range(first, last + 1):
                 stop = min(m - (num_stages - t - 1), bisect_right(prefix, prefix[i] + limit) - 1)
-                if stop <= i:
+                # only ends from which the rest can finish: the pass from i goes as far as the last
+                ends = later[bisect_right(later, i) : bisect_right(later, stop)]
+                if not ends:
                     continue
-                row = peak_row(t, i, stop)
-                for j in range(i + 1, stop + 1):
-                    if j in later and cost(i, j) <= limit:
+                row = peak_row(t, i, ends[-1])
+                for j in ends:
+                    if cost(i, j) <= limit:
                         p = row[j - i - 1]
                         if p is None:
                             raise BalanceError(
@@ -228,15 +236,15 @@ def fit_partition(
     found = reach_end(low)
     best = low
     if found is None:
-        if reach_end(top) is None:
-            raise _no_fit(m, num_stages, max_memory, peak_row, describe)
-        # Gallop up from the lower bound, then bisect over the range costs in the bracket.
+        # Gallop up from the lower bound (the largest bottleneck last: it prices every range),
+        # then bisect over the range costs in the bracket.
         gap = max(1, (top - low) >> 20)
-        lo, hi = low, low + gap
-        while hi < top and reach_end(hi) is None:
+        lo, hi = low, min(top, low + gap)
+        while reach_end(hi) is None:
+            if hi >= top:
+                raise _no_fit(m, num_stages, max_memory, peak_row, describe)
             lo, gap = hi, gap * 2
             hi = min(top, hi + gap)
-        hi = min(hi, top)
         values = sorted({cost(i, j) for i in range(m) for j in range(i + 1, m + 1) if lo < cost(i, j) <= hi})
         a, b = 0, len(values) - 1
         while a < b:

@@ -153,6 +153,7 @@ class _State:
     dtype: str | None
     storages: list[_Storage] = field(default_factory=list)
     kept: set[int] = field(default_factory=set)
+    log: list[int] = field(default_factory=list)  # `kept` in the order it grew
     internal: int = 0
     assumed: dict[str, None] = field(default_factory=dict)
     calls: dict[str, int] = field(default_factory=dict)  # module path -> calls seen so far
@@ -172,7 +173,12 @@ class _State:
 
     def keep(self, t: Any) -> None:
         if isinstance(t, _T) and not self.storages[t.root].param:
-            self.kept.add(t.root)
+            self.keep_root(t.root)
+
+    def keep_root(self, root: int) -> None:
+        if root not in self.kept:
+            self.kept.add(root)
+            self.log.append(root)
 
     def keep_new(self, dtype: str, nbytes: int) -> None:
         self.internal += nbytes
@@ -335,51 +341,74 @@ class RangeSaved:
             if stage != ANY_STAGE and node.op not in ("placeholder", "output"):
                 self.segments[stage].append(node)
         self.output = self.graph.output
-        self._cache: dict[int, list[int | None]] = {}
+        self._cache: dict[int, _Cursor] = {}
         self._memo: dict[Any, Any] = {}
         self._shapes: dict[Any, Any] = {}
 
     def held(self, start: int, stop: int) -> list[int | None]:
         """Held bytes per microbatch of the stages start..j for j = start+1 .. stop (None where
-        value info is missing)."""
-        cached = self._cache.get(start)
-        if cached is not None and len(cached) >= stop - start:
-            return cached[: stop - start]
-        state = _State(self.snapshot, self.measured, self.dtype, memo=self._memo, shapes=self._shapes)
-        env = _LazyEnv(state, self.graph)
-        received: set[int] = set()
-        out: list[int | None] = []
+        value info is missing). Each start's pass is kept and resumed when a longer range is
+        asked for."""
+        cursor = self._cache.get(start)
+        if cursor is None:
+            cursor = self._cache[start] = _Cursor(self, start)
+        cursor.advance(stop)
+        return cursor.out[: stop - start]
+
+
+class _Cursor:
+    """One start's pass over the segments after it, resumable."""
+
+    def __init__(self, ranges: RangeSaved, start: int) -> None:
+        self.ranges = ranges
+        self.start = start
+        self.state = _State(ranges.snapshot, ranges.measured, ranges.dtype, memo=ranges._memo, shapes=ranges._shapes)
+        self.env = _LazyEnv(self.state, ranges.graph)
+        self.received: set[int] = set()
+        self.out: list[int | None] = []
+        self.kept_bytes = 0
+        self.seen_log = 0  # how much of the state's log is counted in kept_bytes
+        self.failed = False
         try:
-            for name in self.live[start]:
-                value = _fresh(state, self.graph.node(name).info, name, grad=start > 0)
-                env[name] = value
+            for name in ranges.live[start]:
+                value = _fresh(self.state, ranges.graph.node(name).info, name, grad=start > 0)
+                self.env[name] = value
                 if isinstance(value, _T):
-                    received.add(value.root)
-            kept_bytes = 0
-            counted: set[int] = set()
-            for k in range(start, stop):
-                for node in self.segments[k]:
-                    env[node.name] = _eval(state, node, env, "")
-                for root in state.kept - counted - received:
-                    kept_bytes += state.storages[root].nbytes
-                counted |= state.kept
-                if k + 1 < self.count:
-                    sent_values = [env[name] for name in self.live[k + 1]]
-                else:
-                    sent_values = [_resolve(self.output.args[0], env)] if self.output.args else []
-                extra = 0
-                seen: set[int] = set()
-                for t in _tensors(sent_values):
-                    r = t.root
-                    if r in counted or r in received or r in seen or state.storages[r].param:
-                        continue
-                    seen.add(r)
-                    extra += state.storages[r].nbytes
-                out.append(kept_bytes + extra + state.internal)
+                    self.received.add(value.root)
         except _Missing:
-            out.extend([None] * (stop - start - len(out)))
-        self._cache[start] = out
-        return out
+            self.failed = True
+
+    def advance(self, stop: int) -> None:
+        ranges, state, env = self.ranges, self.state, self.env
+        while len(self.out) < stop - self.start:
+            k = self.start + len(self.out)
+            if self.failed:
+                self.out.append(None)
+                continue
+            try:
+                for node in ranges.segments[k]:
+                    env[node.name] = _eval(state, node, env, "")
+                for root in state.log[self.seen_log :]:
+                    if root not in self.received:
+                        self.kept_bytes += state.storages[root].nbytes
+                self.seen_log = len(state.log)
+                if k + 1 < ranges.count:
+                    sent_values = [env[name] for name in ranges.live[k + 1]]
+                else:
+                    sent_values = [_resolve(ranges.output.args[0], env)] if ranges.output.args else []
+            except _Missing:
+                self.failed = True
+                self.out.append(None)
+                continue
+            extra = 0
+            seen: set[int] = set()
+            for t in _tensors(sent_values):
+                r = t.root
+                if r in state.kept or r in self.received or r in seen or state.storages[r].param:
+                    continue
+                seen.add(r)
+                extra += state.storages[r].nbytes
+            self.out.append(self.kept_bytes + extra + state.internal)
 
 
 def _fresh(state: _State, info: ValueInfo | None, name: str, grad: bool) -> Any:
@@ -578,16 +607,18 @@ def _traced_call(state: _State, module: Module, node: Node, args: list[Any], kwa
         recorded = state.memo.get(key)
         if recorded is not None:
             return _replay(state, recorded, roots, module.path)
-    before_storages, outer_kept, before_internal = len(state.storages), state.kept, state.internal
+    before_storages, outer_kept, outer_log, before_internal = len(state.storages), state.kept, state.log, state.internal
     before_assumed, before_calls = len(state.assumed), dict(state.calls)
-    state.kept = set()  # what this call keeps, whatever was kept before it
+    state.kept, state.log = set(), []  # what this call keeps, whatever was kept before it
     state.depth += 1
     try:
         result = _run_graph(state, module.graph, inner, module.path)
-        inner_kept = state.kept
     finally:
         state.depth -= 1
-        state.kept = outer_kept | state.kept
+        inner_kept, inner_log = state.kept, state.log
+        state.kept, state.log = outer_kept, outer_log
+        for root in inner_log:
+            state.keep_root(root)
     if key is not None and len(state.assumed) == before_assumed:
         try:
             state.memo[key] = _record(state, result, roots, before_storages, inner_kept, before_internal, before_calls, module.path)
@@ -687,20 +718,48 @@ def _record(
             if not path.startswith(prefix + ".") and prefix:
                 raise _NoMemo
             calls.append((path[len(prefix) + 1 :] if prefix else path, added))
+    encoded = encode(result)
+    # Only the storages the result refers to need to exist again; the others the call keeps
+    # are counted as bytes (nothing outside the call can refer to them).
+    used = sorted(_new_refs(encoded))
+    renumber = {old: i for i, old in enumerate(used)}
+    kept_bytes = sum(state.storages[made[i]].nbytes for i in kept_new if i not in renumber)
     return _Recorded(
-        tuple((state.storages[r].nbytes, state.storages[r].dtype, state.storages[r].param) for r in made),
-        tuple(sorted(set(kept_inputs))), tuple(sorted(kept_new)), state.internal - internal_before,
-        encode(result), tuple(calls),
+        tuple((state.storages[made[i]].nbytes, state.storages[made[i]].dtype, state.storages[made[i]].param) for i in used),
+        tuple(sorted(set(kept_inputs))), tuple(sorted(renumber[i] for i in kept_new if i in renumber)),
+        state.internal - internal_before + kept_bytes, _renumber(encoded, renumber), tuple(calls),
     )
+
+
+def _new_refs(encoded: Any) -> set[int]:
+    kind = encoded[0]
+    if kind == "new":
+        return {encoded[1]}
+    if kind in ("tuple", "list"):
+        return set().union(*(_new_refs(v) for v in encoded[1])) if encoded[1] else set()
+    if kind == "dict":
+        return set().union(*(_new_refs(v) for _, v in encoded[1])) if encoded[1] else set()
+    return set()
+
+
+def _renumber(encoded: Any, renumber: Mapping[int, int]) -> Any:
+    kind = encoded[0]
+    if kind == "new":
+        return ("new", renumber[encoded[1]], *encoded[2:])
+    if kind in ("tuple", "list"):
+        return (kind, tuple(_renumber(v, renumber) for v in encoded[1]))
+    if kind == "dict":
+        return ("dict", tuple((k, _renumber(v, renumber)) for k, v in encoded[1]))
+    return encoded
 
 
 def _replay(state: _State, recorded: _Recorded, roots: dict[int, int], prefix: str) -> Any:
     by_number = {number: root for root, number in roots.items()}
     made = [state.storage(nbytes, dtype, param) for nbytes, dtype, param in recorded.new]
     for number in recorded.kept_inputs:
-        state.kept.add(by_number[number])
+        state.keep_root(by_number[number])
     for i in recorded.kept_new:
-        state.kept.add(made[i])
+        state.keep_root(made[i])
     state.internal += recorded.internal
     for relative, added in recorded.calls:
         path = join(prefix, relative)

@@ -33,6 +33,7 @@ from core.errors import PlanError
 
 __all__ = [
     "Action",
+    "Order",
     "SCHEDULES",
     "ScheduleError",
     "Timeline",
