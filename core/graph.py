@@ -239,5 +239,15 @@ class Graph:
     def output(self) -> Node:
         return self.nodes[-1]
 
+    def bytes_of(self, names: tuple[str, ...]) -> int | None:
+        """The bytes of the named values, from their value info; None when any is unknown."""
+        total = 0
+        for name in names:
+            info = self.node(name).info
+            if info is None or info.nbytes is None:
+                return None
+            total += info.nbytes
+        return total
+
     def __str__(self) -> str:
         return "\n".join(str(n) for n in self.nodes)

@@ -191,16 +191,7 @@ def _figures(
     return StageFigures(
         params=sum(p.numel for p in storages.values()),
         param_bytes=sum(p.nbytes for p in storages.values()),
-        bytes_in=_bytes(graph, inputs),
-        bytes_out=_bytes(graph, outputs),
+        bytes_in=graph.bytes_of(inputs),
+        bytes_out=graph.bytes_of(outputs),
     )
 
-
-def _bytes(graph: Graph, names: tuple[str, ...]) -> int | None:
-    total = 0
-    for name in names:
-        info = graph.node(name).info
-        if info is None or info.nbytes is None:
-            return None
-        total += info.nbytes
-    return total

@@ -408,22 +408,13 @@ def _check_stage(stage: object, s: int, stages: tuple[object, ...]) -> None:
         value = getattr(fig, field)
         if value is not None and not is_count(value, MAX_TOTAL):
             raise _plan_error(f"{at}.figures.{field}", f"{field} is {value!r}; {_TOTAL}, or null.")
-        expected = _bytes(graph, names)
+        expected = graph.bytes_of(names)
         if value != expected:
             raise _plan_error(
                 f"{at}.figures.{field}",
                 f"stage {s}'s {field} is {value!r} but the value info of {list(names)} adds up to {expected!r}.",
             )
 
-
-def _bytes(graph: Graph, names: tuple[str, ...]) -> int | None:
-    total = 0
-    for name in names:
-        info = graph.node(name).info
-        if info is None or info.nbytes is None:
-            return None
-        total += info.nbytes
-    return total
 
 
 def _check_ties(plan: Plan) -> None:

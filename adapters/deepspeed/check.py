@@ -4,16 +4,14 @@ microbatch split). A `launch` worker, used by the engine tests and `stagecut tra
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from adapters.deepspeed.pipeline import DeepSpeedPipeline
 from adapters.fx import snapshot
-from adapters.pipelining.check import TrainResult, TrainSpec, _report, batches, loss_fn, tokens_per_step, tokens_per_step
+from adapters.pipelining.check import TrainResult, TrainSpec, batches, loss_fn, run_steps
 from core import plan as make_plan
 
 
@@ -36,16 +34,7 @@ def train_deepspeed(rank: int, world_size: int, spec: TrainSpec, report: bool = 
         example_args=data[0][0], example_kwargs=data[0][1], replicate=spec.replicate,
         activation_checkpointing=spec.checkpointing, data_parallel=spec.data_parallel,
     )
-    result = TrainResult(tokens=tokens_per_step(data[0][0], data[0][1]))
-    for step, (args, kwargs, target) in enumerate(data):
-        start = time.perf_counter()
-        losses = pipe.step(*args, target=target, **kwargs)
-        dist.barrier()
-        result.seconds.append(time.perf_counter() - start)
-        if pipe.is_last:
-            result.losses.append(float(torch.stack(losses).mean()))
-            if report:
-                _report(step, spec.steps, result.losses[-1], result.tokens / result.seconds[-1])
+    result = run_steps(spec, data, lambda args, kwargs, target: pipe.step(*args, target=target, **kwargs), pipe.is_last, report)
     params = dict(model.named_parameters(remove_duplicate=False))
     stage = pipe.engine.stage_id
     result.params = {name: params[name].detach().clone() for name in sorted(plan.stages[stage].params) if name in params}

@@ -12,7 +12,7 @@ symbolic sizes read from outside a module are recomputed from its own inputs.
 from __future__ import annotations
 
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -326,39 +326,42 @@ class _ModuleGraph:
         return Graph(tuple(self.nodes))
 
     def _result(self, tpl: Any, values: list[Arg], root: bool) -> Arg:
-        if type(tpl) is Built:
+        def built(b: Built) -> Arg:
             if not root:  # read only through getitem by the caller (inlined or not)
-                if tpl.fields:
-                    return DictOf(tuple((k, self._result(v, values, root)) for k, v in tpl.fields))
-                return tuple(self._result(v, values, root) for v in tpl.items)
+                if b.fields:
+                    return DictOf(tuple((k, self._result(v, values, root)) for k, v in b.fields))
+                return tuple(self._result(v, values, root) for v in b.items)
             # The model's own result type, rebuilt in the last stage.
-            name = self._name(tpl.cls.__name__.lower())
-            args = tuple(self._result(v, values, root) for v in tpl.items)
-            kwargs = pmap({k: self._result(v, values, root) for k, v in tpl.fields})
-            return self._add(Node(name, "call_function", function_name(tpl.cls), args, kwargs, info=self.record.result_info))
-        if type(tpl) is Slot:
-            return values[tpl.index]
-        if type(tpl) is tuple:
-            return tuple(self._result(v, values, root) for v in tpl)
-        if type(tpl) is list:
-            return ListOf(tuple(self._result(v, values, root) for v in tpl))
-        if type(tpl) is dict:
-            return DictOf(tuple((k, self._result(v, values, root)) for k, v in tpl.items()))
-        return _constant(tpl)
+            name = self._name(b.cls.__name__.lower())
+            args = tuple(self._result(v, values, root) for v in b.items)
+            kwargs = pmap({k: self._result(v, values, root) for k, v in b.fields})
+            return self._add(Node(name, "call_function", function_name(b.cls), args, kwargs, info=self.record.result_info))
+
+        return _literal(tpl, values, built)
 
 
 def _tree_arg(tpl: Any, values: list[Arg]) -> Arg:
     """A call's argument template as a core argument tree, tensors as this module's values."""
+
+    def built(b: Built) -> Arg:
+        raise RegroupError(f"a {b.cls.__name__} holding tensors passed as an argument")
+
+    return _literal(tpl, values, built)
+
+
+def _literal(tpl: Any, values: list[Arg], built: Callable[[Built], Arg]) -> Arg:
+    """A template as a core argument tree: slots as `values`, containers as literals, other
+    objects (`Built`) as `built` makes them."""
     if type(tpl) is Slot:
         return values[tpl.index]
     if type(tpl) is tuple:
-        return tuple(_tree_arg(v, values) for v in tpl)
+        return tuple(_literal(v, values, built) for v in tpl)
     if type(tpl) is list:
-        return ListOf(tuple(_tree_arg(v, values) for v in tpl))
+        return ListOf(tuple(_literal(v, values, built) for v in tpl))
     if type(tpl) is dict:
-        return DictOf(tuple((k, _tree_arg(v, values)) for k, v in tpl.items()))
+        return DictOf(tuple((k, _literal(v, values, built)) for k, v in tpl.items()))
     if type(tpl) is Built:
-        raise RegroupError(f"a {tpl.cls.__name__} holding tensors passed as an argument")
+        return built(tpl)
     return _constant(tpl)
 
 

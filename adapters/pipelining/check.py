@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -171,21 +172,39 @@ def train_pipelined(rank: int, world_size: int, spec: TrainSpec, report: bool = 
         example_args=data[0][0], example_kwargs=data[0][1], replicate=spec.replicate,
     )
     opt = torch.optim.SGD(pipe.parameters, lr=spec.lr)
-    result = TrainResult(tokens=tokens_per_step(data[0][0], data[0][1]))
-    for step, (args, kwargs, target) in enumerate(data):
-        start = time.perf_counter()
+
+    def step(args: tuple[Any, ...], kwargs: dict[str, Any], target: Any) -> list[torch.Tensor]:
         opt.zero_grad(set_to_none=True)
         losses = pipe.step(*args, target=target, **kwargs)
         opt.step()
-        dist.barrier()
-        result.seconds.append(time.perf_counter() - start)
-        if pipe.is_last:
-            result.losses.append(float(torch.stack(losses).mean()))
-            if report:
-                _report(step, spec.steps, result.losses[-1], result.tokens / result.seconds[-1])
+        return losses
+
+    result = run_steps(spec, data, step, pipe.is_last, report)
     params = dict(model.named_parameters(remove_duplicate=False))  # stage.params lists buffers too
     names = {name for s in pipe.local for name in plan.stages[s].params if name in params}
     result.params = {name: params[name].detach().clone() for name in sorted(names)}
+    return result
+
+
+def run_steps(
+    spec: TrainSpec,
+    data: list[tuple[tuple[Any, ...], dict[str, Any], torch.Tensor]],
+    step: Callable[[tuple[Any, ...], dict[str, Any], Any], list[torch.Tensor]],
+    is_last: bool,
+    report: bool,
+) -> TrainResult:
+    """The training loop every engine's worker runs: one `step` (forward, backward, optimizer
+    step) per batch, timed across ranks, with the mean microbatch loss on the last stage's rank."""
+    result = TrainResult(tokens=tokens_per_step(data[0][0], data[0][1]))
+    for index, (args, kwargs, target) in enumerate(data):
+        start = time.perf_counter()
+        losses = step(args, kwargs, target)
+        dist.barrier()
+        result.seconds.append(time.perf_counter() - start)
+        if is_last:
+            result.losses.append(float(torch.stack(losses).mean()))
+            if report:
+                _report(index, spec.steps, result.losses[-1], result.tokens / result.seconds[-1])
     return result
 
 
