@@ -10,6 +10,7 @@ import sys
 import time
 from typing import Any, get_args
 
+from adapters.cli import files
 from adapters.cli.default_cuts import equal_blocks
 from adapters.cli.errors import UsageError
 
@@ -34,14 +35,24 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
     )
     parser.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
                         help="a keyword argument for the model's factory (repeatable); --batch applies to built-in examples")
-    parser.add_argument("--tracer", choices=("auto", "fx", "export"), default="auto",
+    parser.add_argument("--tracer", choices=("auto", "fx", "export"),
                         help="how to trace the model: fx, torch.export, or auto (default)")
-    parser.add_argument("--stages", type=int, default=2, metavar="N", help="number of stages (default: 2)")
+    parser.add_argument("--stages", type=int, metavar="N", help="number of stages (default: 2)")
     parser.add_argument(
         "--timeout", type=float, default=300.0, metavar="SECONDS",
         help="a process that makes no progress for this long fails the run, named (default: 300)",
     )
     parser.add_argument("--cut", action="append", default=[], metavar="PATH", help="explicit cuts instead of --stages")
+    parser.add_argument(
+        "--plan", metavar="FILE",
+        help="train the stages of a plan JSON (stagecut plan --json FILE) made for this model, instead of "
+        "tracing and cutting it; the file is data: it may only call stagecut's allow-list (docs/security.md)",
+    )
+    parser.add_argument(
+        "--trust-module", action="append", default=[], metavar="MODULE",
+        help="let the --plan file call functions defined in MODULE (package.module; repeatable); trust only "
+        "modules whose functions are safe to call with any arguments",
+    )
     parser.add_argument("--schedule", default="1f1b", help="gpipe, 1f1b, interleaved, looped_bfs, zero_bubble (default: 1f1b)")
     parser.add_argument("--processes", type=int, metavar="P", help="ranks (default: N for gpipe/1f1b, N/2 otherwise)")
     parser.add_argument("--steps", type=int, default=5, help="optimizer steps (default: 5)")
@@ -61,8 +72,18 @@ def check_numbers(ns: argparse.Namespace) -> None:
         value = getattr(ns, name)
         if value < 1:
             raise UsageError(f"--{name} {value}: it must be at least 1")
-    if not ns.cut and ns.stages < 1:
+    if ns.stages is not None and ns.stages < 1:
         raise UsageError(f"--stages {ns.stages}: it must be at least 1")
+    if ns.stages is not None and ns.cut:
+        raise UsageError("--stages and --cut both say where to cut; give one or the other")
+    if ns.plan is not None and (ns.cut or ns.stages is not None or ns.tracer is not None):
+        raise UsageError("--plan already says where to cut and how the model was traced; leave out --cut, --stages and --tracer")
+    if ns.trust_module and ns.plan is None:
+        raise UsageError("--trust-module widens what a --plan file may call; without --plan the model is traced "
+                         "in this process and its own functions are trusted already")
+    for name in ns.trust_module:
+        if not name or not all(part.isidentifier() for part in name.split(".")):
+            raise UsageError(f"--trust-module {name!r}: give a module name (package.module)")
     if ns.processes is not None and ns.processes < 1:
         raise UsageError(f"--processes {ns.processes}: it must be at least 1")
     if not math.isfinite(ns.lr) or ns.lr <= 0:
@@ -112,13 +133,25 @@ def check_inputs(example: Any, microbatches: int) -> None:
             )
 
 
+def check_plan_file(planned: Any, example: Any, trusted_modules: list[str]) -> None:
+    """What every rank would refuse in a plan read from a file, refused once here: a call
+    outside the allow-list and the trusted modules (`UntrustedTarget`), an attribute the model
+    lacks or has with another shape (`PlanDoesNotFit`), inputs the first stage does not take.
+    Building the stage modules checks the first two; nothing in them runs."""
+    from adapters.engine.inputs import bind_inputs
+    from adapters.graph.stages import stage_modules
+
+    stage_modules(planned, example.model, trusted_modules=trusted_modules)
+    bind_inputs(planned.stages[0], example.args, example.kwargs)
+
+
 def run(ns: argparse.Namespace) -> int:
     check_numbers(ns)
     from adapters.fx import snapshot
     from adapters.launch import LaunchError, launch
     from adapters.pipelining.check import TrainSpec, train_pipelined, train_reference
     from adapters.pipelining.schedule import ScheduleKind, SINGLE
-    from core import PlanError
+    from core import Plan, PlanError
     from core import plan as make_plan
 
     from adapters.examples import EXAMPLES
@@ -149,30 +182,39 @@ def run(ns: argparse.Namespace) -> int:
         options: tuple[tuple[str, Any], ...] = tuple(sorted(parse_options(ns.option).items()))
     else:
         options = (("batch", ns.batch), ("n_layers", 4)) if ns.model in ("gpt", "t5") else (("batch", ns.batch),)
-    spec = TrainSpec(ns.model, options, (), ns.schedule, ns.steps, ns.microbatches, ns.lr, tracer=ns.tracer)
+    tracer: Any = ns.tracer or "auto"  # one of the parser's choices
+    plan_json = "" if ns.plan is None else files.read_text(ns.plan, "plan")
+    planned = None if ns.plan is None else Plan.from_json(plan_json)  # MalformedPlan: exit code 2
+    spec = TrainSpec(ns.model, options, (), ns.schedule, ns.steps, ns.microbatches, ns.lr, tracer=tracer)
     # Everything the ranks would refuse is refused here, before a process is spawned: the
-    # model, its inputs, the cuts (planned once), the schedule's layout.
+    # model, its inputs, the cuts (planned once) or the plan file, the schedule's layout.
     try:
         example = spec.build()
     except (ImportError, AttributeError, TypeError, ValueError) as err:
         raise UsageError(f"--model {ns.model}: {type(err).__name__}: {err}") from err
     check_inputs(example, ns.microbatches)
-    traced = snapshot(example.model, *example.args, tracer=ns.tracer, **example.kwargs)
-    if ns.cut:
-        cuts = tuple(ns.cut)
+    if planned is None:
+        traced = snapshot(example.model, *example.args, tracer=tracer, **example.kwargs)
+        if ns.cut:
+            cuts = tuple(ns.cut)
+        else:
+            cuts = tuple(str(c) for c in equal_blocks(traced, ns.stages or 2).cuts)
+        make_plan(traced, cuts)  # a bad cut is a PlanError now, one line and exit code 2
     else:
-        cuts = tuple(str(c) for c in equal_blocks(traced, ns.stages).cuts)
-    make_plan(traced, cuts)  # a bad cut is a PlanError now, one line and exit code 2
-    spec = TrainSpec(ns.model, options, cuts, ns.schedule, ns.steps, ns.microbatches, ns.lr,
-                     engine=ns.engine, checkpointing=ns.checkpointing, tracer=ns.tracer)
-    stages = len(cuts) + 1
+        check_plan_file(planned, example, ns.trust_module)
+        cuts = tuple(str(c) for c in planned.cuts)
+    spec = TrainSpec(ns.model, options, () if planned else cuts, ns.schedule, ns.steps, ns.microbatches, ns.lr,
+                     engine=ns.engine, checkpointing=ns.checkpointing, tracer=tracer,
+                     plan_json=plan_json, trusted_modules=tuple(ns.trust_module))
+    stages = len(cuts) + 1 if planned is None else len(planned.stages)
     processes = ns.processes or (stages if ns.schedule in SINGLE else max(1, stages // 2))
     if deepspeed and processes != stages:
         raise UsageError(f"--engine deepspeed runs one stage per process: {stages} stages need {stages} processes")
     if not deepspeed:
         check_layout(stages, processes, ns.schedule, ns.microbatches, ns.schedule in SINGLE)
     engine = "DeepSpeed, 1f1b" if deepspeed else f"schedule {ns.schedule}"
-    print(f"{ns.model}: {stages} stages (cuts {', '.join(cuts) or 'none'}), {engine}, "
+    source = f"plan {ns.plan}, " if ns.plan else ""
+    print(f"{ns.model}: {source}{stages} stages (cuts {', '.join(cuts) or 'none'}), {engine}, "
           f"{processes} processes, {ns.microbatches} microbatches", flush=True)
     start = time.perf_counter()
     # Ranks killed after a failure leave semaphores behind, which multiprocessing's resource

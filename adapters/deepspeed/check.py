@@ -10,9 +10,7 @@ import torch
 from torch import nn
 
 from adapters.deepspeed.pipeline import DeepSpeedPipeline
-from adapters.fx import snapshot
 from adapters.pipelining.check import TrainResult, TrainSpec, batches, loss_fn, run_steps
-from core import plan as make_plan
 
 
 def train_deepspeed(rank: int, world_size: int, spec: TrainSpec, report: bool = False) -> TrainResult:
@@ -22,8 +20,7 @@ def train_deepspeed(rank: int, world_size: int, spec: TrainSpec, report: bool = 
     a progress line per step."""
     example = spec.build()
     model = example.model
-    snap = snapshot(model, *example.args, cuts=list(spec.cuts), tracer=spec.tracer, **example.kwargs)  # type: ignore[arg-type]
-    plan = make_plan(snap, spec.cuts)
+    plan = spec.plan(example)
     data = batches(spec, example)
 
     def sgd(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
@@ -33,6 +30,7 @@ def train_deepspeed(rank: int, world_size: int, spec: TrainSpec, report: bool = 
         plan, model, loss_fn=loss_fn, optimizer=sgd, num_microbatches=spec.num_microbatches,
         example_args=data[0][0], example_kwargs=data[0][1], replicate=spec.replicate,
         activation_checkpointing=spec.checkpointing, data_parallel=spec.data_parallel,
+        trusted_modules=spec.trusted_modules,
     )
     result = run_steps(spec, data, lambda args, kwargs, target: pipe.step(*args, target=target, **kwargs), pipe.is_last, report)
     params = dict(model.named_parameters(remove_duplicate=False))

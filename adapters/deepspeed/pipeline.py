@@ -100,6 +100,7 @@ def pipeline_module(
     example_kwargs: Mapping[str, Any] | None = None,
     replicate: Collection[str] = (),
     data_parallel: int = 1,
+    trusted_modules: Collection[str] = (),
 ) -> tuple[StagecutPipelineModule, Wiring]:
     """The plan as a `PipelineModule` for a pipe x data topology (`len(plan.stages)` stages,
     `data_parallel` replicas): one layer per stage, partitioned uniformly, so DeepSpeed's
@@ -112,7 +113,9 @@ def pipeline_module(
             f"processes; this group has {dist.get_world_size()}."
         )
     device = torch.device(get_accelerator().device_name(int(os.environ["LOCAL_RANK"])))
-    leaves_plan, leaf_modules, one, _ = engine_stages(plan, model, example_args, example_kwargs, replicate, num_microbatches)
+    leaves_plan, leaf_modules, one, _ = engine_stages(
+        plan, model, example_args, example_kwargs, replicate, num_microbatches, trusted_modules
+    )
     wires = wiring(leaves_plan, leaf_modules, one, device)
     layers = [stage_layer(leaves_plan, wires, s, leaf_modules[s], device) for s in range(stages)]
     topology = PipeDataParallelTopology(num_pp=stages, num_dp=data_parallel)
@@ -142,6 +145,7 @@ class DeepSpeedPipeline:
         gradient_clipping: float = 0.0,
         activation_checkpointing: bool = False,
         config: Mapping[str, Any] | None = None,
+        trusted_modules: Collection[str] = (),
     ) -> None:
         init_comm()
         self.plan = plan
@@ -149,6 +153,7 @@ class DeepSpeedPipeline:
         self.module, self.wires = pipeline_module(
             plan, model, loss_fn=loss_fn, num_microbatches=num_microbatches, example_args=example_args,
             example_kwargs=example_kwargs, replicate=replicate, data_parallel=data_parallel,
+            trusted_modules=trusted_modules,
         )
         first = plan.stages[0]
         bound = bind_inputs(first, example_args, example_kwargs or {})

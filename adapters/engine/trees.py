@@ -123,12 +123,14 @@ def engine_stages(
     example_kwargs: Mapping[str, Any] | None,
     replicate: Collection[str],
     num_microbatches: int,
+    trusted_modules: Collection[str] = (),
 ) -> tuple[Plan, list[fx.GraphModule], list[Any], frozenset[str]]:
     """What both engines start from: the stage modules (containers crossing as leaves, and the
-    plan renamed to match), one microbatch of stage 0's inputs, and the inputs that go whole."""
+    plan renamed to match), one microbatch of stage 0's inputs, and the inputs that go whole.
+    `trusted_modules` as for `stage_modules` (a plan read from JSON)."""
     from adapters.graph.stages import stage_modules
 
-    modules = stage_modules(plan, model)
+    modules = stage_modules(plan, model, trusted_modules=trusted_modules)
     first = plan.stages[0]
     inputs = bind_inputs(first, example_args, example_kwargs or {})
     keywords = FirstInputs.of(first, inputs, replicate).keywords

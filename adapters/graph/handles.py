@@ -224,8 +224,9 @@ def admit_graph(
 
 _HOW = (
     "a plan or snapshot read from JSON may only call what is on stagecut's allow-list; if you trust "
-    "the code of the module that defines it, pass trusted_modules=[{module!r}] to stage_modules (or "
-    "call adapters.graph.handles.trust_modules({module!r})), or build the stages from a snapshot "
+    "the code of the module that defines it, pass trusted_modules=[{module!r}] to stage_modules or "
+    "Pipeline (stagecut train --trust-module {module}; or call "
+    "adapters.graph.handles.trust_modules({module!r})), or build the stages from a snapshot "
     "traced in this process (docs/security.md)"
 )
 

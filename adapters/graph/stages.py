@@ -13,6 +13,7 @@ from adapters.graph.convert import arg_to_fx, call_target
 from adapters.graph.guards import MODE_CHECK, ModeCheck
 from adapters.graph.handles import admit_graph
 from adapters.graph.hooks import transfer_root_hooks, warn_dropped_hooks
+from adapters.graph.plan_fit import check_plan_fits
 from core import Node, Plan, Stage
 
 _NOT_IDENTIFIER = re.compile(r"\W")
@@ -26,10 +27,13 @@ def stage_modules(plan: Plan, model: nn.Module, *, trusted_modules: Iterable[str
 
     A plan read from JSON (or planned from a snapshot that was) is checked first, every stage
     before any is built: its functions must be on the allow-list or in `trusted_modules`
-    (`UntrustedTarget` otherwise; see `adapters.graph.handles.admit_graph`)."""
+    (`UntrustedTarget` otherwise; see `adapters.graph.handles.admit_graph`), and must fit the
+    model: every attribute it reads the model's, with the recorded shape, every stage's
+    parameters as many (`PlanDoesNotFit` otherwise; `adapters.graph.plan_fit`)."""
     trusted = tuple(trusted_modules)
     for stage in plan.stages:
         admit_graph(stage.graph, first=stage.index == 0, trusted_modules=trusted, where=f"stage {stage.index}")
+    check_plan_fits(plan, model)
     modules = [stage_module(stage, model, trusted_modules=trusted) for stage in plan.stages]
     transfer_root_hooks(model, modules)
     warn_dropped_hooks(plan, model)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from adapters import examples
 from adapters.fx import snapshot
 from adapters.pipelining.schedule import Pipeline, ScheduleKind
+from core import Plan
 from core import plan as make_plan
 
 
@@ -40,6 +41,16 @@ class TrainSpec:
     checkpointing: bool = False  # activation checkpointing (the deepspeed engine)
     data_parallel: int = 1  # replicas of the pipeline (the deepspeed engine; each trains on the same data)
     tracer: str = "auto"  # the frontend (`adapters.fx.snapshot(tracer=...)`)
+    plan_json: str = ""  # a plan read from a file, used instead of tracing and `cuts`
+    trusted_modules: tuple[str, ...] = ()  # modules whose functions `plan_json` may call
+
+    def plan(self, example: examples.Example) -> Plan:
+        """The plan every rank trains: `plan_json` read back (checked against the allow-list
+        and the model when the stages are built), or the example traced and cut at `cuts`."""
+        if self.plan_json:
+            return Plan.from_json(self.plan_json)
+        snap = snapshot(example.model, *example.args, cuts=list(self.cuts), tracer=self.tracer, **example.kwargs)  # type: ignore[arg-type]
+        return make_plan(snap, self.cuts)
 
     def build(self) -> examples.Example:
         """The model: a built-in example, `hf:<name>` (adapters.hf_models), or
@@ -164,12 +175,12 @@ def train_pipelined(rank: int, world_size: int, spec: TrainSpec, report: bool = 
         return train_deepspeed(rank, world_size, spec, report)
     example = spec.build()
     model = example.model
-    snap = snapshot(model, *example.args, cuts=list(spec.cuts), tracer=spec.tracer, **example.kwargs)  # type: ignore[arg-type]
-    plan = make_plan(snap, spec.cuts)
+    plan = spec.plan(example)
     data = batches(spec, example)
     pipe = Pipeline(
         plan, model, kind=spec.kind, loss_fn=loss_fn, num_microbatches=spec.num_microbatches,
         example_args=data[0][0], example_kwargs=data[0][1], replicate=spec.replicate,
+        trusted_modules=spec.trusted_modules,
     )
     opt = torch.optim.SGD(pipe.parameters, lr=spec.lr)
 

@@ -81,6 +81,7 @@ class Pipeline:
         example_kwargs: Mapping[str, Any] | None = None,
         replicate: Collection[str] = (),
         device: torch.device | str = "cpu",
+        trusted_modules: Collection[str] = (),
     ) -> None:
         self.rank = dist.get_rank()
         world = dist.get_world_size()
@@ -96,6 +97,7 @@ class Pipeline:
         self.stages = build_stages(
             plan, model, self.local, device=device, num_microbatches=num_microbatches,
             example_args=example_args, example_kwargs=example_kwargs, replicate=replicate,
+            trusted_modules=trusted_modules,
         )
         first = plan.stages[0]
         self.inputs = FirstInputs.of(first, bind_inputs(first, example_args, example_kwargs or {}), replicate)

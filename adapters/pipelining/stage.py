@@ -106,10 +106,13 @@ def build_stages(
     example_kwargs: Mapping[str, Any] | None = None,
     replicate: Collection[str] = (),
     group: Any = None,
+    trusted_modules: Collection[str] = (),
 ) -> list[PipelineStage]:
     """Several stages of one rank (interleaved schedules), sharing one example run."""
     device = torch.device(device)
-    plan, modules, one, keywords = engine_stages(plan, model, example_args, example_kwargs, replicate, num_microbatches)
+    plan, modules, one, keywords = engine_stages(
+        plan, model, example_args, example_kwargs, replicate, num_microbatches, trusted_modules
+    )
     examples = stage_examples(plan, modules, one, keywords, device)
     built = []
     for s in indices:
