@@ -4,6 +4,7 @@ file is data (issue 13): it may call only the allow-list and the modules named w
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -64,8 +65,12 @@ def gpt_plan(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def test_train_runs_a_plan_file_and_matches_one_process(gpt_plan: Path) -> None:
-    run = _cli("train", "--plan", str(gpt_plan), "--schedule", "gpipe", "--steps", "2")
+@pytest.mark.parametrize("engine", ["torch", "deepspeed"])
+def test_train_runs_a_plan_file_and_matches_one_process(gpt_plan: Path, engine: str) -> None:
+    if engine == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
+        pytest.skip("DeepSpeed is not installed")
+    schedule = ["--schedule", "gpipe"] if engine == "torch" else []
+    run = _cli("train", "--plan", str(gpt_plan), "--engine", engine, *schedule, "--steps", "2")
     assert run.returncode == 0, run.stderr
     assert f"plan {gpt_plan}, 2 stages (cuts after:blocks.1)" in run.stdout
     assert "check: matches the single-process run" in run.stdout
