@@ -12,15 +12,18 @@ explicit list of module paths. Only the snapshot's structure is read: nothing is
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 
+from core.chain_fast import instances
 from core.cuts import Cut, CutLike, as_cut
 from core.errors import BalanceError
 from core.graph import Node
 from core.snapshot import Module, Snapshot, join
 
-__all__ = ["Candidates", "candidate_cuts"]
+__all__ = ["Candidates", "RootCalls", "candidate_calls", "candidate_cuts"]
 
 Candidates = Sequence[CutLike] | int | None
 """None (numbered module list found automatically), a call depth, or explicit module paths."""
@@ -41,8 +44,32 @@ def candidate_cuts(snapshot: Snapshot, candidates: Candidates = None) -> tuple[C
     graph; depth 2 = also the calls inside traced modules called by the root, and so on), for
     modules called exactly once.
     """
+    return candidate_calls(snapshot, candidates)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class RootCalls:
+    """Automatic candidates that are all calls made by the root graph of modules called once in
+    the whole snapshot, below untraced containers (`containers`, the candidates' parents) that
+    no graph calls: `index[k]` is the position in the root graph of the call of candidate k.
+    These are the conditions of `core.chain_fast.root_level_flat`, met by construction, so
+    `core.chain_fast.root_calls_flat` places the candidates without checking them again."""
+
+    index: tuple[int, ...]
+    containers: frozenset[str]
+
+
+def candidate_calls(
+    snapshot: Snapshot, candidates: Candidates = None
+) -> tuple[tuple[Cut, ...], RootCalls | None]:
+    """`candidate_cuts`, and for automatic candidates that the root graph calls, where it calls
+    them (`RootCalls`; None otherwise)."""
     if candidates is None:
         return _automatic(snapshot)
+    return _given(snapshot, candidates), None
+
+
+def _given(snapshot: Snapshot, candidates: Sequence[CutLike] | int) -> tuple[Cut, ...]:
     if isinstance(candidates, bool) or isinstance(candidates, int):
         if isinstance(candidates, bool) or candidates < 1:
             raise BalanceError(
@@ -62,17 +89,15 @@ def candidate_cuts(snapshot: Snapshot, candidates: Candidates = None) -> tuple[C
     return tuple(as_cut(c) for c in candidates)
 
 
-def _call_counts(snapshot: Snapshot) -> dict[str, int]:
+def _call_counts(snapshot: Snapshot) -> Counter[str]:
     """How many call_module nodes of the traced modules call each module."""
-    counts: dict[str, int] = {}
+    paths: list[str] = []
     for module in snapshot.modules.values():
         if module.graph is not None:
+            targets = [node.target for node in module.graph.nodes if node.op == "call_module"]
             prefix = module.path
-            for node in module.graph.nodes:
-                if node.op == "call_module":
-                    path = f"{prefix}.{node.target}" if prefix else node.target
-                    counts[path] = counts.get(path, 0) + 1
-    return counts
+            paths.extend([f"{prefix}.{t}" for t in targets] if prefix else targets)
+    return Counter(paths)
 
 
 def _inlinable(module: Module) -> bool:
@@ -130,30 +155,22 @@ class _Group:
         return any(".".join(parts[:i]) in self.member_set for i in range(1, len(parts) + 1))
 
 
-def _automatic(snapshot: Snapshot) -> tuple[Cut, ...]:
+def _automatic(snapshot: Snapshot) -> tuple[tuple[Cut, ...], RootCalls | None]:
     counts = _call_counts(snapshot)
-    calls, caller = _calls_in_execution_order(snapshot)
-    found: dict[tuple[str, str], list[str]] = {}
-    modules = snapshot.modules
-    for owner, node in calls:
-        prefix, _, last = node.target.rpartition(".")
-        if not last.isdigit():
-            continue
-        path = join(owner, node.target)
-        if counts[path] == 1 and path in modules:
-            found.setdefault((owner, join(owner, prefix)), []).append(path)
+    found, caller = _numbered_calls(snapshot, counts)
     listed = [
-        (order, container, unique)
+        (order, owner, container, members)
         for order, ((owner, container), members) in enumerate(found.items())
-        for unique in [tuple(dict.fromkeys(members))]
         # too small, or its caller cannot be inlined up to the root: not a candidate list
-        if len(unique) >= 2 and _reaches_root(snapshot, owner, counts, caller)
+        if len(members[0]) >= 2 and _reaches_root(snapshot, owner, counts, caller)
     ]
     if len(listed) == 1:  # nothing to compare: skip weighing
-        return tuple(Cut(m) for m in listed[0][2])
+        _, owner, container, members = listed[0]
+        return _chosen(snapshot, [(owner, container, members)], counts)
     any_params = any(module.params for module in snapshot.modules.values())
     groups = []
-    for order, container, unique in listed:
+    for order, owner, container, members in listed:
+        unique = tuple(members[0])  # no repeats: each member has a single call
         if any_params:
             keys: dict[str, int] = {}
             for member in unique:
@@ -161,18 +178,42 @@ def _automatic(snapshot: Snapshot) -> tuple[Cut, ...]:
             weight = sum(keys.values())
         else:
             weight = len(unique)
-        groups.append(_Group(container, unique, weight, order))
-    groups.sort(key=lambda g: (-g.weight, -_depth(g.container), -len(g.members), g.order))
-    chosen: list[_Group] = []
-    for group in groups:
-        if chosen and 2 * group.weight < chosen[0].weight:
+        groups.append((_Group(container, unique, weight, order), owner, members))
+    groups.sort(key=lambda g: (-g[0].weight, -_depth(g[0].container), -len(g[0].members), g[0].order))
+    chosen: list[tuple[_Group, str, _Members]] = []
+    for entry in groups:
+        group = entry[0]
+        if chosen and 2 * group.weight < chosen[0][0].weight:
             break
-        if any(c.holds(group.container) or group.holds(c.container) for c in chosen):
+        if any(c.holds(group.container) or group.holds(c.container) for c, _, _ in chosen):
             continue
-        chosen.append(group)
+        chosen.append(entry)
     if not chosen:
-        return _down_to_depth(snapshot, 1, counts)
-    return tuple(Cut(m) for g in sorted(chosen, key=lambda g: g.order) for m in g.members)
+        return _down_to_depth(snapshot, 1, counts), None
+    chosen.sort(key=lambda entry: entry[0].order)
+    return _chosen(snapshot, [(owner, group.container, members) for group, owner, members in chosen], counts)
+
+
+def _chosen(
+    snapshot: Snapshot, groups: list[tuple[str, str, _Members]], counts: Mapping[str, int]
+) -> tuple[tuple[Cut, ...], RootCalls | None]:
+    """The cuts after the members of `groups` (caller, container, members), group by group, and
+    their `RootCalls` when the root graph makes every call and nothing else could: every
+    container and the modules above it are untraced and called by no graph."""
+    paths = [path for _, _, members in groups for path in members[0]]
+    cuts = tuple(instances(Cut, len(paths), path=paths, side=repeat("after"), call=repeat(None)))
+    if any(owner for owner, _, _ in groups):
+        return cuts, None
+    modules = snapshot.modules
+    containers = frozenset(container for _, container, _ in groups)
+    for container in containers:
+        above = container
+        while above:
+            module = modules.get(above)
+            if module is None or module.graph is not None or counts.get(above, 0):
+                return cuts, None
+            above = above.rpartition(".")[0]
+    return cuts, RootCalls(tuple(i for _, _, members in groups for i in members[1]), containers)
 
 
 def _reaches_root(
@@ -201,18 +242,28 @@ def _param_bytes(module: Module) -> dict[str, int]:
     return out
 
 
-def _calls_in_execution_order(snapshot: Snapshot) -> tuple[list[tuple[str, Node]], dict[str, str]]:
-    """(caller path, call_module node) of every traced module reached from the root, in the
-    order the calls run (a callee's own calls come right after its call), and the caller of
-    every module called (the first, for a module called more than once)."""
-    out: list[tuple[str, Node]] = []
+_Members = tuple[list[str], list[int]]
+"""The numbered modules of one group: their paths, and where the caller's graph calls each."""
+
+
+def _numbered_calls(
+    snapshot: Snapshot, counts: Mapping[str, int]
+) -> tuple[dict[tuple[str, str], _Members], dict[str, str]]:
+    """The calls of numbered modules (``blocks.3``) called exactly once, grouped by (caller path,
+    container path) with the groups and their members in the order the calls run (a callee's own
+    calls come right after its call; a member has one call, so it is listed once), and the caller
+    of every traced module called (the first, for a module called more than once). One walk over
+    the traced modules reached from the root."""
+    found: dict[tuple[str, str], _Members] = {}
     caller: dict[str, str] = {}
-    stack: list[tuple[Module, int]] = []
-    if snapshot.root.graph is not None:
-        stack.append((snapshot.root, 0))
     modules = snapshot.modules
+    repeated = {path for path, count in counts.items() if count > 1}  # usually few
+    # (module whose graph is walked, next node index, its groups by container name)
+    stack: list[tuple[Module, int, dict[str, _Members]]] = []
+    if snapshot.root.graph is not None:
+        stack.append((snapshot.root, 0, {}))
     while stack:  # an explicit stack: module trees can be deep
-        owner, index = stack.pop()
+        owner, index, groups = stack.pop()
         assert owner.graph is not None
         nodes = owner.graph.nodes
         owner_path = owner.path
@@ -222,17 +273,26 @@ def _calls_in_execution_order(snapshot: Snapshot) -> tuple[list[tuple[str, Node]
             index += 1
             if node.op != "call_module":
                 continue
-            out.append((owner_path, node))
-            path = f"{owner_path}.{node.target}" if owner_path else node.target  # join()
+            target = node.target
+            path = f"{owner_path}.{target}" if owner_path else target  # join()
             callee = modules.get(path)
-            if path in caller or callee is None:
+            if callee is None:
                 continue
-            caller[path] = owner.path
-            if callee.graph is not None:
-                stack.append((owner, index))
-                stack.append((callee, 0))
+            head, _, last = target.rpartition(".")
+            if last.isdigit() and path not in repeated:
+                members = groups.get(head)
+                if members is None:
+                    members = groups[head] = found.setdefault((owner_path, join(owner_path, head)), ([], []))
+                members[0].append(path)
+                members[1].append(index - 1)
+            # Only traced modules are callers (of the calls in their graphs), so only they are
+            # recorded; each is walked once, at its first call.
+            if callee.graph is not None and path not in caller:
+                caller[path] = owner_path
+                stack.append((owner, index, groups))
+                stack.append((callee, 0, {}))
                 break
-    return out, caller
+    return found, caller
 
 
 def _depth(path: str) -> int:

@@ -22,17 +22,19 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import add, attrgetter, lt, sub
 
 from core.assign import assign_stages
-from core.candidates import Candidates, candidate_cuts
-from core.chain_fast import fast_params, root_level_flat
+from core.candidates import Candidates, candidate_calls
+from core.chain_fast import params_prices, root_calls_flat, root_level_flat
 from core.costs import CostContext, CostModel, ModuleCosts, by_module, params
 from core.cuts import Cut
 from core.errors import BalanceError, UnknownPath
 from core.graph import Graph, Node
 from core.liveness import live_in
 from core.propagate import Boundary, FlatGraph, propagate
-from core.rules import is_compute
+from core.rules import PROJECTIONS
 from core.snapshot import Snapshot
 from core.validate import check_cuts, check_snapshot
 
@@ -73,68 +75,102 @@ def chain(
     """
     model = _cost_model(cost, snapshot)
     check_snapshot(snapshot)
-    cuts = candidate_cuts(snapshot, candidates)
+    cuts, calls = candidate_calls(snapshot, candidates)
     # Candidates called by the root graph need neither the cut checks nor inlining (core.chain_fast).
-    flat = root_level_flat(snapshot, cuts)
+    flat = root_calls_flat(snapshot, cuts, calls) if calls is not None else root_level_flat(snapshot, cuts)
     if flat is None:
         flat = propagate(snapshot, check_cuts(snapshot, cuts))
-    if model is params:
-        model = fast_params(snapshot)
     graph = flat.graph
-    bounds = flat.boundaries
-    positions = [b.position for b in bounds]
-    raw = len(bounds) + 1
-    prices: list[list[float]] = [[] for _ in range(raw)]
-    work = [False] * raw
-    where = CostContext(snapshot, graph)
     nodes = graph.nodes
-    edges = [0, *positions, len(nodes)]
-    for segment in range(raw):  # the nodes of each segment, without a test per node
-        here = prices[segment]
-        busy = False
-        for node in nodes[edges[segment] : edges[segment + 1]]:
-            price = model(node, where)
-            if price:
-                if not isinstance(price, (int, float)) or not 0.0 < price < math.inf:
-                    raise _bad_price(node, price)
-                here.append(float(price))
-            elif not isinstance(price, (int, float)) or price != 0.0:
-                raise _bad_price(node, price)
-            if not busy and is_compute(node):
-                busy = True
-        work[segment] = busy
+    bounds = flat.boundaries
+    if model is params and graph is snapshot.root.graph:
+        prices = params_prices(snapshot, graph)
+    else:
+        prices = _prices(model, nodes, CostContext(snapshot, graph))
+    edges = [0, *map(_position, bounds), len(nodes)]
+    work = _busy(nodes, edges)
     # Keep a boundary only if something is computed since the previous kept one, and drop the
     # last one if nothing is computed after it: every choice of kept boundaries is then valid.
-    kept: list[Boundary] = []
+    kept: list[Boundary] | tuple[Boundary, ...]
     merged: list[Boundary] = []
-    groups: list[list[float]] = [[]]
     if bounds and all(work):  # the usual case: every segment computes something, all are kept
-        kept, groups = list(bounds), prices
+        kept, kept_flat = bounds, flat
     else:
-        busy = False
-        for k in range(raw):
-            groups[-1].extend(prices[k])
-            busy = busy or work[k]
-            if k < len(bounds):
-                if busy:
-                    kept.append(bounds[k])
-                    groups.append([])
-                    busy = False
-                else:
-                    merged.append(bounds[k])
-        if kept and not busy:
+        # Raw segment k is the work since boundary k-1; when that boundary was dropped, the
+        # segment before it computed nothing, so boundary k is kept exactly when segment k computes.
+        kept = [b for b, busy in zip(bounds, work) if busy]
+        merged = [b for b, busy in zip(bounds, work) if not busy]
+        if kept and not work[-1]:  # nothing computed after the last boundary
             merged.append(kept.pop())
-            tail = groups.pop()
-            groups[-1].extend(tail)
-    kept_flat = FlatGraph(graph, tuple(kept))
+        kept_flat = FlatGraph(graph, tuple(kept))
+        edges = [0, *map(_position, kept), len(nodes)]
     crossing = _crossing_bytes(kept_flat) if with_bytes else None
     return Chain(
-        tuple(b.cut for b in kept),
-        _segment_sums(groups),
+        tuple(map(_cut, kept)),
+        _segment_sums(prices, edges),
         crossing,
-        tuple(b.cut for b in sorted(merged, key=lambda b: b.position)),
+        tuple(b.cut for b in sorted(merged, key=_position)),
         kept_flat,
     )
+
+
+_position = attrgetter("position")
+_cut = attrgetter("cut")
+_op = attrgetter("op")
+_MODULE_CALLS_COMPUTE = not any(op == "call_module" for op, _ in PROJECTIONS)  # every one is_compute
+
+
+def _prices(model: CostModel, nodes: tuple[Node, ...], where: CostContext) -> list[float]:
+    """The price of every node, in order, as floats (0.0 for free nodes). Checked in bulk when
+    every price is a float or an int; otherwise (or when the model raises) node by node, so
+    the error is the one of the first bad node, as the model meets them in order."""
+    try:
+        prices: list[float] = list(map(model, nodes, repeat(where)))
+        kinds = set(map(type, prices))
+        if kinds <= {float, int}:
+            if int in kinds:
+                prices = list(map(float, prices))
+            if min(prices, default=0.0) >= 0.0 and math.isfinite(math.fsum(prices)):
+                return prices  # no NaN, no infinity (the sum would be one), none negative
+    except Exception:  # noqa: BLE001 - the pass below meets it again, in node order
+        pass
+    out: list[float] = []
+    for node in nodes:
+        price = model(node, where)
+        if price:
+            if not isinstance(price, (int, float)) or not 0.0 < price < math.inf:
+                raise _bad_price(node, price)
+            out.append(float(price))
+        elif not isinstance(price, (int, float)) or price != 0.0:
+            raise _bad_price(node, price)
+        else:
+            out.append(0.0)
+    return out
+
+
+def _busy(nodes: tuple[Node, ...], edges: list[int]) -> list[bool]:
+    """For each segment nodes[edges[k]:edges[k+1]]: is something computed in it (`is_compute`)?"""
+    if _MODULE_CALLS_COMPUTE and all(map(lt, edges[:-2], edges[1:-1])):
+        # Every segment but the last is not empty: when each ends with a module call (candidates
+        # "after" a call), all of those compute, and only the last one needs a look.
+        ends = set(map(_op, map(nodes.__getitem__, map(sub, edges[1:-1], repeat(1)))))
+        if ends <= {"call_module"}:
+            return [*repeat(True, len(edges) - 2), *_busy_each(nodes, edges[-2:])]
+    return _busy_each(nodes, edges)
+
+
+def _busy_each(nodes: tuple[Node, ...], edges: list[int]) -> list[bool]:
+    out = []
+    for start, stop in zip(edges, edges[1:]):
+        for i in range(start, stop):
+            node = nodes[i]
+            op = node.op
+            if op.startswith("call_") and (op, node.target) not in PROJECTIONS:
+                out.append(True)
+                break
+        else:
+            out.append(False)
+    return out
 
 
 def _bad_price(node: Node, price: object) -> BalanceError:
@@ -144,11 +180,12 @@ def _bad_price(node: Node, price: object) -> BalanceError:
     )
 
 
-def _segment_sums(groups: list[list[float]]) -> tuple[float, ...]:
-    """The cost of each segment; the whole model's must be a finite float too, so that every
-    sum of segments the partition forms is one."""
+def _segment_sums(prices: list[float], edges: list[int]) -> tuple[float, ...]:
+    """The cost of each segment prices[edges[k]:edges[k+1]] (correctly rounded: `math.fsum`);
+    the whole model's must be a finite float too, so that every sum of segments the partition
+    forms is one."""
     try:
-        sums = tuple(math.fsum(g) for g in groups)
+        sums = tuple(map(math.fsum, map(prices.__getitem__, map(slice, edges, edges[1:]))))
         total = math.fsum(sums)
     except OverflowError:
         total = math.inf
@@ -157,7 +194,7 @@ def _segment_sums(groups: list[list[float]]) -> tuple[float, ...]:
             "the node costs add up to more than a float can hold (over 1.8e308); scale the cost "
             "model down (for example seconds instead of nanoseconds)."
         )
-    return sums
+    return tuple(map(add, sums, repeat(0.0)))  # a sum of zeros is 0.0, never -0.0
 
 
 def _crossing_bytes(flat: FlatGraph) -> tuple[int, ...]:

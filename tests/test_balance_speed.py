@@ -1,10 +1,12 @@
-"""The shortcuts that make balancing large snapshots fast (core.chain_fast) give what the full
-passes give: the flat graph and boundaries of `check_cuts` + `propagate` for root-level
-candidates (and None, so the full passes run and raise, whenever a condition fails), and the
-prices of `core.costs.params`."""
+"""The shortcuts that make balancing large snapshots fast (core.chain_fast, core.candidates'
+RootCalls, core.chain's bulk checks) give what the full passes give: the flat graph and
+boundaries of `check_cuts` + `propagate` for root-level candidates (and None, so the full passes
+run and raise, whenever a condition fails), the prices of `core.costs.params`, the errors of the
+node-by-node price checks, and values equal to plainly constructed ones."""
 
 from __future__ import annotations
 
+import math
 import random
 import sys
 from pathlib import Path
@@ -14,14 +16,14 @@ import pytest
 from core import costs
 from core.balance import balance_report
 from core.builder import GraphBuilder, module
-from core.candidates import candidate_cuts
-from core.chain import chain
-from core.chain_fast import fast_params, root_level_flat
+from core.candidates import candidate_calls, candidate_cuts
+from core.chain import _busy, _busy_each, chain
+from core.chain_fast import instances, params_prices, root_calls_flat, root_level_flat
 from core.costs import CostContext
 from core.cuts import Cut
-from core.errors import CutError
-from core.graph import ValueInfo
-from core.propagate import propagate
+from core.errors import BalanceError, CutError
+from core.graph import Node, ValueInfo
+from core.propagate import Boundary, FlatGraph, propagate
 from core.snapshot import Param, Snapshot
 from core.validate import check_cuts
 
@@ -125,7 +127,7 @@ def test_shortcut_declines_what_check_cuts_judges() -> None:
     assert root_level_flat(plain, ()) is None
 
 
-def test_fast_params_prices_as_params() -> None:
+def test_params_prices_are_params() -> None:
     snaps = [*SNAPSHOTS, _leafy(), *_zoo()]
     g = GraphBuilder()
     act = ValueInfo("tensor", (2, 4), "float32", 32)
@@ -141,11 +143,12 @@ def test_fast_params_prices_as_params() -> None:
         "c": module("c", children={"d": module("c.d", params={"w": Param("k2", 3, 12)})}),
     })))
     for snap in snaps:
-        assert snap.root.graph is not None
-        where = CostContext(snap, snap.root.graph)
-        fast = fast_params(snap)
-        for node in snap.root.graph.nodes:
-            assert fast(node, where) == costs.params(node, where), node
+        graph = snap.root.graph
+        assert graph is not None
+        where = CostContext(snap, graph)
+        got = params_prices(snap, graph)
+        assert got == [costs.params(node, where) for node in graph.nodes]
+        assert {type(p) for p in got} == {float}
 
 
 @pytest.mark.parametrize("index", range(len(SNAPSHOTS)))
@@ -156,11 +159,165 @@ def test_chain_and_cuts_unchanged(index: int, monkeypatch: pytest.MonkeyPatch) -
     fast_cuts = [balance_report(snap, n, cost=costs.params).cuts for n in (2, 3, 5)]
     import core.chain
 
+    monkeypatch.setattr(core.chain, "candidate_calls", lambda snapshot, given: (candidate_cuts(snapshot, given), None))
     monkeypatch.setattr(core.chain, "root_level_flat", lambda snapshot, cuts: None)
-    monkeypatch.setattr(core.chain, "fast_params", lambda snapshot: costs.params)
+    monkeypatch.setattr(core.chain, "params", object())  # `model is params` fails: node by node
+    monkeypatch.setattr(core.chain, "_busy", core.chain._busy_each)
     slow = chain(snap, costs.params, with_bytes=True)
     assert (fast.boundaries, fast.segment_costs, fast.boundary_bytes, fast.merged) == (
         slow.boundaries, slow.segment_costs, slow.boundary_bytes, slow.merged
     )
     assert fast.flat == slow.flat
     assert fast_cuts == [balance_report(snap, n, cost=costs.params).cuts for n in (2, 3, 5)]
+
+
+@pytest.mark.parametrize("index", range(len(SNAPSHOTS)))
+def test_root_calls_are_the_root_level_flat(index: int) -> None:
+    """Automatic candidates placed by core.candidates (RootCalls) give the flat graph of the
+    full passes, and exactly when root_level_flat's own checks accept them."""
+    for snap in [SNAPSHOTS[index], *(_zoo() if index == 0 else [])]:
+        cuts, calls = candidate_calls(snap)
+        assert cuts == candidate_cuts(snap)
+        checked = root_level_flat(snap, cuts)
+        assert (calls is None) == (checked is None)
+        if calls is not None:
+            assert root_calls_flat(snap, cuts, calls) == checked == _full(snap, cuts)
+
+
+def test_root_calls_decline_what_root_level_flat_declines() -> None:
+    # a container that is traced, or called: the candidates are not placed
+    for snap in (_leafy(traced_container=True), _leafy(extra_call="layers")):
+        cuts, calls = candidate_calls(snap)
+        assert calls is None and root_level_flat(snap, cuts) is None
+    cuts, calls = candidate_calls(_leafy())
+    assert calls is not None and calls.containers == frozenset({"layers"}) and calls.index == (1, 2, 3)
+
+
+def test_root_calls_out_of_order_are_sorted() -> None:
+    """Two numbered lists called interleaved from the root: the candidates come group by group,
+    the boundaries in graph order, as propagate sorts them."""
+    g = GraphBuilder()
+    act = ValueInfo("tensor", (2, 4), "float32", 32)
+    h = g.placeholder("x", info=act)
+    for i in range(3):
+        h = g.call_module(f"enc.{i}", h, info=act)
+        h = g.call_module(f"dec.{i}", h, info=act)
+    kids = {
+        name: module(name, children={
+            str(i): module(f"{name}.{i}", params={"w": Param(f"{name}{i}", 4, 16)}) for i in range(3)
+        })
+        for name in ("enc", "dec")
+    }
+    snap = Snapshot(module("", g.output(h), kids))
+    cuts, calls = candidate_calls(snap)
+    assert [c.path for c in cuts] == ["enc.0", "enc.1", "enc.2", "dec.0", "dec.1", "dec.2"]
+    assert calls is not None
+    flat = root_calls_flat(snap, cuts, calls)
+    assert flat == _full(snap, cuts) == root_level_flat(snap, cuts)
+    assert [b.cut.path for b in flat.boundaries] == ["enc.0", "dec.0", "enc.1", "dec.1", "enc.2", "dec.2"]
+
+
+def test_instances_equal_plain_construction() -> None:
+    paths = [f"blocks.{i}" for i in range(50)]
+    sides = ["after", "before"] * 25
+    made = instances(Cut, 50, path=paths, side=sides, call=[None, 3] * 25)
+    assert made == [Cut(p, s, c) for p, s, c in zip(paths, sides, [None, 3] * 25)]  # type: ignore[arg-type]
+    assert [hash(c) for c in made] == [hash(Cut(c.path, c.side, c.call)) for c in made]
+    bounds = instances(Boundary, 50, position=range(50), cut=made)
+    assert bounds == [Boundary(i, c) for i, c in enumerate(made)]
+    # frozen as ever
+    with pytest.raises(AttributeError):
+        made[0].path = "x"  # type: ignore[misc]
+    # classes it cannot fill directly are called: __post_init__ runs
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True, slots=True)
+    class Checked:
+        value: int
+
+        def __post_init__(self) -> None:
+            if self.value < 0:
+                raise ValueError(self.value)
+
+    assert instances(Checked, 2, value=[1, 2]) == [Checked(1), Checked(2)]
+    with pytest.raises(ValueError):
+        instances(Checked, 1, value=[-1])
+    # every field must be given: otherwise the call raises as the constructor would
+    with pytest.raises(TypeError):
+        instances(Boundary, 1, position=[0])
+
+
+def test_busy_shortcut_is_the_node_by_node_test() -> None:
+    rng = random.Random(3)
+    for snap in SNAPSHOTS:
+        graph = snap.root.graph
+        assert graph is not None
+        nodes = graph.nodes
+        n = len(nodes)
+        calls = [i for i, node in enumerate(nodes) if node.op == "call_module"]
+        for _ in range(30):
+            if rng.random() < 0.5 and calls:
+                inner = sorted(set(i + 1 for i in rng.sample(calls, rng.randint(1, len(calls)))))
+            else:
+                inner = sorted(rng.choices(range(n + 1), k=rng.randint(0, 6)))
+            edges = [0, *inner, n]
+            assert _busy(nodes, edges) == _busy_each(nodes, edges)
+
+
+def _reference(snap: Snapshot, model: costs.CostModel) -> tuple[float, ...]:
+    """The node-by-node price checks and sums as core.chain made them before the bulk checks
+    (every segment of these snapshots computes, so none is merged)."""
+    flat = propagate(snap, check_cuts(snap, candidate_cuts(snap)))
+    nodes = flat.graph.nodes
+    where = CostContext(snap, flat.graph)
+    edges = [0, *(b.position for b in flat.boundaries), len(nodes)]
+    sums = []
+    for start, stop in zip(edges, edges[1:]):
+        here = []
+        for node in nodes[start:stop]:
+            price = model(node, where)
+            if price:
+                if not isinstance(price, (int, float)) or not 0.0 < price < math.inf:
+                    raise BalanceError(f"cost of node {node.name!r}")
+                here.append(float(price))
+            elif not isinstance(price, (int, float)) or price != 0.0:
+                raise BalanceError(f"cost of node {node.name!r}")
+        sums.append(math.fsum(here))
+    try:
+        total = math.fsum(sums)
+    except OverflowError:
+        total = math.inf
+    if not math.isfinite(total):
+        raise BalanceError("the node costs add up to more than a float can hold")
+    return tuple(sums)
+
+
+def _outcome(run: object) -> object:
+    try:
+        return run()  # type: ignore[operator]
+    except Exception as error:  # noqa: BLE001
+        return type(error), str(error)[:23]
+
+
+@pytest.mark.parametrize(
+    "price", [math.nan, math.inf, -math.inf, -1.0, -0.0, 0, "1", None, True, 3, 10**400, 2.5, 1e308, 5e-324]
+)
+@pytest.mark.parametrize("later", [None, "raise", math.nan])
+def test_bulk_price_checks_are_the_node_by_node_checks(price: object, later: object) -> None:
+    """Bad prices raise the error of the first bad node, whatever comes after it (a model that
+    raises, another bad price); good ones give the same sums."""
+    snap = gpt_snapshot(6)
+
+    def model(node: Node, where: CostContext) -> float:
+        if node.target in ("blocks.1", "blocks.3"):
+            return price  # type: ignore[return-value]
+        if node.target == "blocks.4" and later is not None:
+            if later == "raise":
+                raise KeyError("from the model")
+            return later  # type: ignore[return-value]
+        return 1.0
+
+    got = _outcome(lambda: chain(snap, model).segment_costs)
+    assert got == _outcome(lambda: _reference(snap, model))
+    if isinstance(got, tuple) and all(isinstance(c, float) for c in got):
+        assert all(math.copysign(1.0, c) > 0 for c in got)  # no -0.0
