@@ -22,10 +22,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import accumulate, repeat
 from operator import add, attrgetter, lt, sub
 
-from core.assign import assign_stages
+from core.assign import ANY_STAGE, assign_stages
 from core.candidates import Candidates, candidate_calls
 from core.chain_fast import params_prices, root_calls_flat, root_level_flat
 from core.costs import CostContext, CostModel, ModuleCosts, by_module, params
@@ -198,8 +198,12 @@ def _segment_sums(prices: list[float], edges: list[int]) -> tuple[float, ...]:
 
 
 def _crossing_bytes(flat: FlatGraph) -> tuple[int, ...]:
-    graph: Graph = flat.graph
+    """The bytes of the values crossing each boundary: those of `live_in` of the stage after it."""
     stages = assign_stages(flat)
+    summed = _crossing_sums(flat, stages)
+    if summed is not None:
+        return summed
+    graph: Graph = flat.graph
     live = live_in(graph, stages, len(flat.boundaries) + 1)
     out = []
     for k, boundary in enumerate(flat.boundaries):
@@ -216,6 +220,35 @@ def _crossing_bytes(flat: FlatGraph) -> tuple[int, ...]:
                 )
         out.append(total)
     return tuple(out)
+
+
+def _crossing_sums(flat: FlatGraph, stages: tuple[int, ...]) -> tuple[int, ...] | None:
+    """`_crossing_bytes` without the lists of names: a value defined in stage d and last read in
+    stage r (`live_in`'s backward pass) crosses boundaries d .. r-1, so its bytes are added at d
+    and taken away at r, and a running sum gives each boundary's total. None when a value that
+    crosses has no byte count (the lists then name the first one)."""
+    graph = flat.graph
+    nodes = graph.nodes
+    position = graph.position
+    last_read = [ANY_STAGE] * len(nodes)
+    for i in range(len(nodes) - 1, -1, -1):  # as live_in
+        reader = stages[i]
+        if reader == ANY_STAGE:
+            continue
+        for name in nodes[i].inputs():
+            j = position(name)
+            if last_read[j] < reader:
+                last_read[j] = reader
+    change = [0] * (len(flat.boundaries) + 2)
+    for node, defined, last in zip(nodes, stages, last_read):
+        if last > defined != ANY_STAGE:
+            info = node.info
+            if info is not None and info.nbytes is not None:
+                change[defined] += info.nbytes
+                change[last] -= info.nbytes
+            elif info is None or info.kind not in ("scalar", "none"):
+                return None
+    return tuple(accumulate(change[: len(flat.boundaries)]))
 
 
 def _cost_model(cost: CostModel | Mapping[str, float], snapshot: Snapshot) -> CostModel:

@@ -37,8 +37,8 @@ import random
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import accumulate
-from operator import sub
+from itertools import accumulate, repeat
+from operator import itemgetter, lshift, mul, sub
 from typing import cast
 
 from core.errors import BalanceError
@@ -89,8 +89,8 @@ def partition_chain(
             f"boundary_bytes has {len(boundary_bytes)} entries; a chain of {m} segments has "
             f"{m - 1} boundaries."
         )
-    if all(type(c) is float and 0.0 <= c < math.inf for c in costs):  # the usual chain: no checks to make
-        ratios = [c.as_integer_ratio() for c in costs]
+    if _plain_floats(costs):  # the usual chain: no checks to make
+        ratios = list(map(float.as_integer_ratio, costs))
     else:
         ratios = [_ratio(c, f"cost of segment {k}") for k, c in enumerate(costs)]
     comm = boundary_bytes is not None and comm_weight > 0
@@ -98,15 +98,19 @@ def partition_chain(
     if comm:
         assert boundary_bytes is not None
         wn, wd = comm_weight.as_integer_ratio()
-        for k, b in enumerate(boundary_bytes):
-            bn, bd = _ratio(b, f"bytes crossing boundary {k}")
-            extra.append((wn * bn, wd * bd))
-    shift = max(d.bit_length() - 1 for _, d in [*ratios, *extra])
-    weights = [n << (shift - d.bit_length() + 1) for n, d in ratios]
+        if set(map(type, boundary_bytes)) <= {int} and min(boundary_bytes, default=0) >= 0:
+            extra = list(zip(map(mul, repeat(wn), boundary_bytes), repeat(wd)))  # byte counts: b/1
+        else:
+            for k, b in enumerate(boundary_bytes):
+                bn, bd = _ratio(b, f"bytes crossing boundary {k}")
+                extra.append((wn * bn, wd * bd))
+    # Every value over one power of two: n/d as n << (shift - log2 d) over 2**shift (all C maps).
+    shift = max(map(int.bit_length, map(_second, [*ratios, *extra]))) - 1
+    weights = _scaled(ratios, shift)
     prefix = [0, *accumulate(weights)]
     scale = 1 << shift
-    if comm and any(n for n, _ in extra):
-        link = [0, *(n << (shift - d.bit_length() + 1) for n, d in extra), 0]
+    if comm and any(map(_first, extra)):
+        link = [0, *_scaled(extra, shift), 0]
         positions = _split_with_links(prefix, link, num_stages)
     else:
         link = [0] * (m + 1)
@@ -124,6 +128,21 @@ def partition_chain(
             "a stage's cost is more than a float can hold (over 1.8e308); scale the costs down."
         )
     return ChainSplit(tuple(p - 1 for p in positions), stage_costs)
+
+
+_first = itemgetter(0)
+_second = itemgetter(1)
+
+
+def _plain_floats(costs: Sequence[float]) -> bool:
+    """Are all of `costs` floats, finite and >= 0 (checked in C)?"""
+    return set(map(type, costs)) <= {float} and all(map(math.isfinite, costs)) and min(costs, default=0.0) >= 0.0
+
+
+def _scaled(ratios: list[tuple[int, int]], shift: int) -> list[int]:
+    """[n << (shift - log2(d)) for n, d in ratios], denominators being powers of two."""
+    exponents = map(sub, repeat(shift + 1), map(int.bit_length, map(_second, ratios)))
+    return list(map(lshift, map(_first, ratios), exponents))
 
 
 def _ratio(value: float, what: str) -> tuple[int, int]:

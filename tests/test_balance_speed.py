@@ -163,6 +163,7 @@ def test_chain_and_cuts_unchanged(index: int, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(core.chain, "root_level_flat", lambda snapshot, cuts: None)
     monkeypatch.setattr(core.chain, "params", object())  # `model is params` fails: node by node
     monkeypatch.setattr(core.chain, "_busy", core.chain._busy_each)
+    monkeypatch.setattr(core.chain, "_crossing_sums", lambda flat, stages: None)  # live_in's lists
     slow = chain(snap, costs.params, with_bytes=True)
     assert (fast.boundaries, fast.segment_costs, fast.boundary_bytes, fast.merged) == (
         slow.boundaries, slow.segment_costs, slow.boundary_bytes, slow.merged
@@ -321,3 +322,22 @@ def test_bulk_price_checks_are_the_node_by_node_checks(price: object, later: obj
     assert got == _outcome(lambda: _reference(snap, model))
     if isinstance(got, tuple) and all(isinstance(c, float) for c in got):
         assert all(math.copysign(1.0, c) > 0 for c in got)  # no -0.0
+
+
+def test_crossing_sums_name_the_value_without_bytes() -> None:
+    """A crossing value without a byte count: the error of live_in's lists (the first such value
+    at the first boundary it crosses); scalars and None without one cross for free."""
+    g = GraphBuilder()
+    act = ValueInfo("tensor", (2, 4), "float32", 32)
+    x = g.placeholder("x", info=act)
+    skip = g.call_module("pre", x, info=ValueInfo("tensor", (2, 4), "float32", None))
+    flag = g.call_function("builtins.len", x, info=ValueInfo("scalar", None, None, None))
+    h = x
+    for i in range(3):
+        h = g.call_module(f"layers.{i}", h, info=act)
+    h = g.call_function("_operator.add", h, skip, info=act)
+    h = g.call_function("_operator.mul", h, flag, info=act)
+    kids = {str(i): module(f"layers.{i}", params={"w": Param(f"w{i}", 4, 16)}) for i in range(3)}
+    snap = Snapshot(module("", g.output(h), {"layers": module("layers", children=kids), "pre": module("pre")}))
+    with pytest.raises(BalanceError, match="'pre'.*crossing after:layers.0"):
+        chain(snap, costs.params, with_bytes=True)
