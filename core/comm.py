@@ -105,11 +105,14 @@ def stage_comm(plan: Any, microbatches: int, dtype: str | None = None) -> tuple[
                 maker[name] = s - 1
                 info[name] = stages[s].graph.node(name).info
     readers: dict[str, list[int]] = {}
+    bypass: list[tuple[str, ...]] = [()]
     for s in range(1, n):
         read = _reads(stages[s])
         for name in stages[s].inputs:
             if name in read:
                 readers.setdefault(name, []).append(s)
+        sent = set(stages[s].outputs)  # `Stage.bypass`, from the reads at hand
+        bypass.append(tuple(name for name in stages[s].inputs if name not in read and name in sent))
     send_direct: list[list[int | None]] = [[] for _ in range(n)]
     recv_direct: list[list[int | None]] = [[] for _ in range(n)]
     for name, s0 in maker.items():
@@ -127,7 +130,7 @@ def stage_comm(plan: Any, microbatches: int, dtype: str | None = None) -> tuple[
         recv = None if in_f is None or out_b is None else microbatches * (in_f + out_b)
         sd, rd = _sum(send_direct[s]), _sum(recv_direct[s])
         # stage 0 makes the model inputs it passes on: nothing is forwarded there
-        infos = [stages[s].graph.node(name).info for name in stages[s].bypass] if s else []
+        infos = [stages[s].graph.node(name).info for name in bypass[s]]
         fw = _sum([wire_bytes(i, dtype) for i in infos] + [grad_bytes(i, dtype) for i in infos])
         out.append(
             StageComm(

@@ -33,12 +33,13 @@ for 16-bit inputs); measured records must then be measured in that dtype.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from core.graph import Arg, DictOf, Graph, ListOf, Node, Opaque, Ref, SliceOf, ValueInfo
+from core.graph import EMPTY_KWARGS, Arg, DictOf, Graph, ListOf, Node, Opaque, Ref, SliceOf, ValueInfo
 from core.snapshot import Module, Snapshot, join
 
 __all__ = ["ArgPath", "FLOAT_DTYPES", "LeafSaved", "RangeSaved", "StageSaved", "has_module_rule", "itemsize", "saved_in_stages"]
@@ -112,6 +113,25 @@ class _T:
     grad: bool
 
 
+_new_object = object.__new__
+_slots: Mapping[str, Any] = _T.__dict__  # the slots' member descriptors
+_set_root, _set_shape, _set_strides, _set_dtype, _set_grad = (
+    _slots["root"].__set__, _slots["shape"].__set__, _slots["strides"].__set__, _slots["dtype"].__set__, _slots["grad"].__set__,
+)
+
+
+def _t(root: int, shape: tuple[int, ...], strides: tuple[int, ...] | None, dtype: str, grad: bool) -> _T:
+    """`_T(...)` without the frozen dataclass's per-field `object.__setattr__` (replays make one
+    per block call)."""
+    t = _new_object(_T)
+    _set_root(t, root)
+    _set_shape(t, shape)
+    _set_strides(t, strides)
+    _set_dtype(t, dtype)
+    _set_grad(t, grad)
+    return t
+
+
 @dataclass(frozen=True, slots=True)
 class _Fresh:
     """A container result whose items are made on first read (an untraced call's tuple)."""
@@ -139,6 +159,9 @@ class _Unknown:
 
 @dataclass(slots=True)
 class _Storage:
+    """One storage. Never changed once in `_State.storages` (a replay puts one recorded
+    `_Storage` in for every call it replays)."""
+
     nbytes: int
     dtype: str
     param: bool
@@ -165,7 +188,11 @@ class _State:
     # Calls of traced modules already interpreted, by structure and inputs (see `_traced_call`);
     # shared by the interpretations of one plan (or of one chain's ranges).
     memo: dict[Any, Any] = field(default_factory=dict)
-    shapes: dict[Any, Any] = field(default_factory=dict)  # id(module) and structures -> numbers
+    shapes: _Shapes = field(default_factory=lambda: _Shapes())  # module structures -> numbers
+    # The last call replayed whose result has the layout of its input (a block of a stack): its
+    # structure number, record and result. The next call of that structure on that result
+    # replays the same record without building a key (`_run_graph`).
+    chain: _Chain | None = None
 
     def storage(self, nbytes: int, dtype: str, param: bool = False) -> int:
         self.storages.append(_Storage(nbytes, dtype, param))
@@ -182,6 +209,62 @@ class _State:
 
     def keep_new(self, dtype: str, nbytes: int) -> None:
         self.internal += nbytes
+
+
+class _Chain:
+    """`_State.chain`: a structure number, the replay of its record as a function of the input
+    storage, and the last result."""
+
+    __slots__ = ("number", "step", "value")
+
+    def __init__(self, number: int, step: Callable[[_State, int], Any], value: _T) -> None:
+        self.number = number
+        self.step = step
+        self.value = value
+
+
+class _Shapes:
+    """Structure numbers of modules (`_structure`): equal structures get one number.
+
+    `by_id` maps id(module) to its number, the module (so the id stays its own while cached) and
+    its graph's placeholders; `wholes` maps each structure to its number."""
+
+    __slots__ = ("by_id", "by_path", "wholes", "numbers")
+
+    def __init__(self) -> None:
+        self.by_id: dict[int, tuple[int, Module, tuple[Node, ...]]] = {}
+        self.by_path: dict[str, int] = {}  # traced modules' numbers by path, as calls find them
+        self.wholes: dict[Any, int] = {}
+        self.numbers = itertools.count()
+
+
+@dataclass(frozen=True, slots=True)
+class _Shared:
+    """What interpretations of one snapshot can share: its modules' structure numbers and the
+    calls of traced modules already interpreted (keyed by structure, input layouts and dtype)."""
+
+    shapes: _Shapes = field(default_factory=_Shapes)
+    memo: dict[Any, Any] = field(default_factory=dict)
+
+
+# Per snapshot, the last few (a snapshot is immutable, so what is derived from it stays true):
+# the figures of several schedules, or of many candidate ranges, then interpret each structure
+# once. Only without measured records (those are the caller's, and may change).
+_SHARED: dict[int, tuple[Snapshot, _Shared]] = {}
+_SHARED_KEEP = 4
+
+
+def _shared(snapshot: Snapshot, measured: Mapping[str, Sequence[LeafSaved]]) -> _Shared:
+    if measured:
+        return _Shared()
+    entry = _SHARED.get(id(snapshot))
+    if entry is not None and entry[0] is snapshot:
+        return entry[1]
+    shared = _Shared()
+    _SHARED[id(snapshot)] = (snapshot, shared)
+    while len(_SHARED) > _SHARED_KEEP:
+        _SHARED.pop(next(iter(_SHARED)), None)
+    return shared
 
 
 def _dtype(state: _State, dtype: str | None) -> str:
@@ -256,11 +339,10 @@ def saved_in_stages(
     """One `StageSaved` per stage of `plan` (a `core.Plan` of `snapshot`)."""
     state_measured = measured or {}
     calls: dict[str, int] = {}
-    memo: dict[Any, Any] = {}
-    shapes: dict[Any, Any] = {}
+    shared = _shared(snapshot, state_measured)
     out = []
     for stage in plan.stages:
-        state = _State(snapshot, state_measured, dtype, calls=calls, memo=memo, shapes=shapes)
+        state = _State(snapshot, state_measured, dtype, calls=calls, memo=shared.memo, shapes=shared.shapes)
         try:
             out.append(_stage(state, stage, stage.index == 0))
         except _Missing as err:
@@ -342,8 +424,7 @@ class RangeSaved:
                 self.segments[stage].append(node)
         self.output = self.graph.output
         self._cache: dict[int, _Cursor] = {}
-        self._memo: dict[Any, Any] = {}
-        self._shapes: dict[Any, Any] = {}
+        self._shared = _shared(snapshot, self.measured)
 
     def held(self, start: int, stop: int) -> list[int | None]:
         """Held bytes per microbatch of the stages start..j for j = start+1 .. stop (None where
@@ -362,7 +443,7 @@ class _Cursor:
     def __init__(self, ranges: RangeSaved, start: int) -> None:
         self.ranges = ranges
         self.start = start
-        self.state = _State(ranges.snapshot, ranges.measured, ranges.dtype, memo=ranges._memo, shapes=ranges._shapes)
+        self.state = _State(ranges.snapshot, ranges.measured, ranges.dtype, memo=ranges._shared.memo, shapes=ranges._shared.shapes)
         self.env = _LazyEnv(self.state, ranges.graph)
         self.received: set[int] = set()
         self.out: list[int | None] = []
@@ -486,11 +567,22 @@ def _key(value: Any) -> Any:
 
 
 def _run_graph(state: _State, graph: Graph, env: dict[str, Any], prefix: str, stage_nodes: bool = False) -> Any:
+    by_path = state.shapes.by_path
     for node in graph.nodes:
-        if node.op == "placeholder":
+        op = node.op
+        if op == "placeholder":
             continue
-        if node.op == "output":
+        if op == "output":
             return _resolve(node.args[0], env) if node.args else None
+        chain = state.chain
+        if chain is not None and op == "call_module" and state.depth < 10_000:
+            # the next block of a stack on the last one's result: the same key as that call's
+            args = node.args
+            if len(args) == 1 and type(args[0]) is Ref and env.get(args[0].name) is chain.value:
+                kwargs = node.kwargs
+                if (kwargs is EMPTY_KWARGS or not kwargs) and by_path.get(f"{prefix}.{node.target}" if prefix else node.target) == chain.number:
+                    value = env[node.name] = chain.value = chain.step(state, chain.value.root)
+                    continue
         env[node.name] = _eval(state, node, env, prefix)
     return None
 
@@ -498,14 +590,15 @@ def _run_graph(state: _State, graph: Graph, env: dict[str, Any], prefix: str, st
 def _eval(state: _State, node: Node, env: dict[str, Any], prefix: str) -> Any:
     if node.op == "get_attr":
         return _attribute(state, node, prefix)
-    args = [_resolve(a, env) for a in node.args]
-    kwargs = {k: _resolve(v, env) for k, v in node.kwargs.items()}
-    for value in _leaves([args, kwargs]):
-        if isinstance(value, _Unknown):
-            raise _Missing(
-                f"value {value.name!r} (read by {node.name!r}) has no value info; make the snapshot "
-                "with example inputs"
-            )
+    args = [env[a.name] if type(a) is Ref else _resolve(a, env) for a in node.args]
+    kwargs = {k: _resolve(v, env) for k, v in node.kwargs.items()} if node.kwargs else {}
+    if kwargs or not all(type(a) is _T for a in args):
+        for value in _leaves([args, kwargs]):
+            if isinstance(value, _Unknown):
+                raise _Missing(
+                    f"value {value.name!r} (read by {node.name!r}) has no value info; make the snapshot "
+                    "with example inputs"
+                )
     if node.op == "call_function" and _is_constructor(node.target):
         return {**{i: a for i, a in enumerate(args)}, **kwargs}  # a ModelOutput, a dict: no op
     if node.op == "call_module":
@@ -523,7 +616,8 @@ def _attribute(state: _State, node: Node, prefix: str) -> Any:
             return SCALAR if info is None or info.kind != "none" else None
         # a constant tensor of the graph (not a registered parameter): never a gradient
         value = _fresh(state, info, node.name, grad=False)
-        state.storages[value.root].param = True
+        made = state.storages[value.root]
+        state.storages[value.root] = _Storage(made.nbytes, made.dtype, True)  # storages never change
         return value
     root = state.params.get(param.key)
     if root is None:
@@ -551,8 +645,10 @@ def _op_name(node: Node) -> str:
 def _module_call(state: _State, node: Node, args: list[Any], kwargs: dict[str, Any], prefix: str) -> Any:
     path = join(prefix, node.target)
     module = state.snapshot.modules.get(path)
-    count = state.calls.get(path, 0)
-    state.calls[path] = count + 1
+    count = 0
+    if state.measured:  # call counts only choose among measured records
+        count = state.calls.get(path, 0)
+        state.calls[path] = count + 1
     if module is None:
         return _assume(state, f"module {path}", node, args, kwargs)
     if module.graph is not None and state.depth < 10_000:
@@ -581,9 +677,11 @@ def _module_call(state: _State, node: Node, args: list[Any], kwargs: dict[str, A
 
 def _traced_call(state: _State, module: Module, node: Node, args: list[Any], kwargs: dict[str, Any]) -> Any:
     assert module.graph is not None
+    number, placeholders = _structure(state, module)
+    state.shapes.by_path[module.path] = number
     inner: dict[str, Any] = {}
     position = 0
-    for placeholder in module.graph.placeholders:
+    for placeholder in placeholders:
         name = placeholder.target
         if name.startswith("*"):
             raise _Missing(f"module {module.path!r} takes *args or **kwargs; its saved tensors are not derived")
@@ -600,13 +698,16 @@ def _traced_call(state: _State, module: Module, node: Node, args: list[Any], kwa
     # keeps the same things; interpret it once, replay it for the others.
     roots: dict[int, int] = {}
     try:
-        key = (_structure(state, module), _signature(list(inner.values()), roots, state), state.dtype)
+        key = (number, _signature(list(inner.values()), roots, state), state.dtype)
     except _NoMemo:
         key = None
     if key is not None:
         recorded = state.memo.get(key)
         if recorded is not None:
-            return _replay(state, recorded, roots, module.path)
+            result = _replay(state, recorded, list(roots), module.path)
+            if len(args) == 1 and not kwargs and not state.measured:
+                _chain(state, number, recorded, result, key, inner)
+            return result
     before_storages, outer_kept, outer_log, before_internal = len(state.storages), state.kept, state.log, state.internal
     before_assumed, before_calls = len(state.assumed), dict(state.calls)
     state.kept, state.log = set(), []  # what this call keeps, whatever was kept before it
@@ -631,20 +732,85 @@ class _NoMemo(Exception):
     pass
 
 
-def _structure(state: _State, module: Module) -> int:
+def _chain(state: _State, number: int, recorded: _Recorded, result: Any, key: Any, inner: dict[str, Any]) -> None:
+    """Remember this call for `_run_graph` when calling its structure on its result would have
+    the same key (the result has the layout of the input, the other arguments are constants)."""
+    if not isinstance(result, _T):
+        return
+    again = [result, *list(inner.values())[1:]]
+    try:
+        same = _signature(again, {}, state) == key[1]
+    except _NoMemo:
+        same = False
+    state.chain = _Chain(number, _stepper(recorded), result) if same and recorded.kept_inputs in ((), (0,)) else None
+
+
+def _stepper(recorded: _Recorded) -> Callable[[_State, int], Any]:
+    """`_replay` of a one-input record, as one function of the input storage (`_run_graph`'s
+    blocks of a stack)."""
+    made, internal, decode = recorded.made, recorded.internal, recorded.decode
+    keep_input, kept_new = bool(recorded.kept_inputs), recorded.kept_new
+    result = recorded.result
+
+    def step(state: _State, root: int) -> Any:
+        storages = state.storages
+        base = len(storages)
+        storages.extend(made)
+        kept, log = state.kept, state.log
+        if keep_input and root not in kept:
+            kept.add(root)
+            log.append(root)
+        for i in kept_new:
+            kept.add(base + i)
+            log.append(base + i)
+        state.internal += internal
+        return decode(base, [root])
+
+    if result[0] == "new" and len(made) == 1 and not kept_new:  # a block of a stack: one new tensor
+        _, _, shape, strides, dtype, grad = result
+
+        def step_one(state: _State, root: int) -> _T:
+            storages = state.storages
+            base = len(storages)
+            storages.append(made[0])
+            if keep_input and root not in state.kept:
+                state.kept.add(root)
+                state.log.append(root)
+            state.internal += internal
+            return _t(base, shape, strides, dtype, grad)
+
+        return step_one
+    return step
+
+
+def _structure(state: _State, module: Module) -> tuple[int, tuple[Node, ...]]:
     """A number for what makes two modules interpret alike, without their paths: graphs,
     types, parameters and the measured records of the modules below, recursively (computed
-    once per module; equal structures get one number, so memo keys hash cheaply)."""
-    found = state.shapes.get(id(module))
-    if found is None:
-        kids = tuple((name, _structure(state, child)) for name, child in sorted(module.children.items()))
-        params = tuple(sorted((name, p.numel, p.nbytes, p.buffer) for name, p in module.params.items()))
-        records = tuple(state.measured.get(module.path, ())) if module.graph is None else ()
-        whole = (module.type_name, module.graph, params, records, kids)
-        number = state.shapes.setdefault(whole, len(state.shapes))
-        state.shapes[id(module)] = (number, module)  # the module too: ids stay unique while cached
-        return int(number)
-    return int(found[0])
+    once per module; equal structures get one number, so memo keys hash cheaply); and the
+    module's placeholders."""
+    shapes = state.shapes
+    found = shapes.by_id.get(id(module))
+    if found is not None:
+        return found[0], found[2]
+    # children first, without recursion (trees may be thousands of levels deep)
+    stack: list[tuple[Module, bool]] = [(module, False)]
+    while stack:
+        here, ready = stack.pop()
+        if id(here) in shapes.by_id:
+            continue
+        if not ready:
+            stack.append((here, True))
+            stack.extend((child, False) for child in here.children.values() if id(child) not in shapes.by_id)
+            continue
+        kids = tuple((name, shapes.by_id[id(child)][0]) for name, child in sorted(here.children.items()))
+        params = tuple(sorted((name, p.numel, p.nbytes, p.buffer) for name, p in here.params.items()))
+        records = tuple(state.measured.get(here.path, ())) if here.graph is None else ()
+        whole = (here.type_name, here.graph, params, records, kids)
+        number = shapes.wholes.setdefault(whole, next(shapes.numbers))  # one hash of the graph
+        placeholders = here.graph.placeholders if here.graph is not None else ()
+        shapes.by_id[id(here)] = (number, here, placeholders)  # the module too: ids stay unique while cached
+    found = shapes.by_id[id(module)]
+    return found[0], found[2]
 
 
 def _signature(values: list[Any], roots: dict[int, int], state: _State) -> Any:
@@ -677,6 +843,9 @@ class _Recorded:
     internal: int
     result: Any  # the result with tensors as ("in", number, ...) or ("new", index, ...)
     calls: tuple[tuple[str, int], ...]  # call counts added below the module, by relative path
+    # `result` as a function of (first new storage, input storages by number)
+    decode: Callable[[int, list[int]], Any] = field(default=lambda base, inputs: None, compare=False, repr=False)
+    made: tuple[_Storage, ...] = field(default=(), compare=False, repr=False)  # `new` as storages
 
 
 def _record(
@@ -724,11 +893,34 @@ def _record(
     used = sorted(_new_refs(encoded))
     renumber = {old: i for i, old in enumerate(used)}
     kept_bytes = sum(state.storages[made[i]].nbytes for i in kept_new if i not in renumber)
+    result_encoded = _renumber(encoded, renumber)
     return _Recorded(
         tuple((state.storages[made[i]].nbytes, state.storages[made[i]].dtype, state.storages[made[i]].param) for i in used),
         tuple(sorted(set(kept_inputs))), tuple(sorted(renumber[i] for i in kept_new if i in renumber)),
-        state.internal - internal_before + kept_bytes, _renumber(encoded, renumber), tuple(calls),
+        state.internal - internal_before + kept_bytes, result_encoded, tuple(calls), _decoder(result_encoded),
+        tuple(_Storage(state.storages[made[i]].nbytes, state.storages[made[i]].dtype, state.storages[made[i]].param) for i in used),
     )
+
+
+def _decoder(encoded: Any) -> Callable[[int, list[int]], Any]:
+    """A recorded result as a function making it again: (first new storage, input storages by
+    number) -> the value (fresh containers, tensors on those storages)."""
+    kind = encoded[0]
+    if kind in ("new", "in"):
+        _, i, shape, strides, dtype, grad = encoded
+        if kind == "new":
+            return lambda base, inputs: _t(base + i, shape, strides, dtype, grad)
+        return lambda base, inputs: _t(inputs[i], shape, strides, dtype, grad)
+    if kind in ("tuple", "list"):
+        parts = [_decoder(v) for v in encoded[1]]
+        if kind == "tuple":
+            return lambda base, inputs: tuple(p(base, inputs) for p in parts)
+        return lambda base, inputs: [p(base, inputs) for p in parts]
+    if kind == "dict":
+        items = [(k, _decoder(v)) for k, v in encoded[1]]
+        return lambda base, inputs: {k: p(base, inputs) for k, p in items}
+    value = encoded[1]
+    return lambda base, inputs: value
 
 
 def _new_refs(encoded: Any) -> set[int]:
@@ -753,32 +945,26 @@ def _renumber(encoded: Any, renumber: Mapping[int, int]) -> Any:
     return encoded
 
 
-def _replay(state: _State, recorded: _Recorded, roots: dict[int, int], prefix: str) -> Any:
-    by_number = {number: root for root, number in roots.items()}
-    made = [state.storage(nbytes, dtype, param) for nbytes, dtype, param in recorded.new]
+def _replay(state: _State, recorded: _Recorded, inputs: list[int], prefix: str) -> Any:
+    """Apply a recorded call to `inputs` (the input storages by number)."""
+    storages = state.storages
+    base = len(storages)
+    storages.extend(recorded.made)
+    kept, log = state.kept, state.log
     for number in recorded.kept_inputs:
-        state.keep_root(by_number[number])
+        root = inputs[number]
+        if root not in kept:
+            kept.add(root)
+            log.append(root)
     for i in recorded.kept_new:
-        state.keep_root(made[i])
+        kept.add(base + i)  # new: not kept before
+        log.append(base + i)
     state.internal += recorded.internal
-    for relative, added in recorded.calls:
-        path = join(prefix, relative)
-        state.calls[path] = state.calls.get(path, 0) + added
-
-    def decode(value: Any) -> Any:
-        kind = value[0]
-        if kind in ("new", "in"):
-            _, i, shape, strides, dtype, grad = value
-            return _T(made[i] if kind == "new" else by_number[i], shape, strides, dtype, grad)
-        if kind == "tuple":
-            return tuple(decode(v) for v in value[1])
-        if kind == "list":
-            return [decode(v) for v in value[1]]
-        if kind == "dict":
-            return {k: decode(v) for k, v in value[1]}
-        return value[1]
-
-    return decode(recorded.result)
+    if state.measured:  # call counts only choose among measured records
+        for relative, added in recorded.calls:
+            path = join(prefix, relative)
+            state.calls[path] = state.calls.get(path, 0) + added
+    return recorded.decode(base, inputs)
 
 
 def _measured_call(
