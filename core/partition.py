@@ -38,7 +38,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import accumulate, repeat
-from operator import itemgetter, lshift, mul, sub
+from operator import add, itemgetter, lshift, mul, sub
 from typing import cast
 
 from core.errors import BalanceError
@@ -94,22 +94,27 @@ def partition_chain(
     else:
         ratios = [_ratio(c, f"cost of segment {k}") for k, c in enumerate(costs)]
     comm = boundary_bytes is not None and comm_weight > 0
-    extra: list[tuple[int, int]] = []
+    extra: list[tuple[int, int]] = []  # comm_weight x bytes of each boundary, as a ratio
+    whole_bytes = False  # every boundary's bytes an int >= 0: extra[k] = (wn * bytes[k], wd)
     if comm:
         assert boundary_bytes is not None
         wn, wd = comm_weight.as_integer_ratio()
-        if set(map(type, boundary_bytes)) <= {int} and min(boundary_bytes, default=0) >= 0:
-            extra = list(zip(map(mul, repeat(wn), boundary_bytes), repeat(wd)))  # byte counts: b/1
-        else:
+        whole_bytes = set(map(type, boundary_bytes)) <= {int} and min(boundary_bytes, default=0) >= 0
+        if not whole_bytes:
             for k, b in enumerate(boundary_bytes):
                 bn, bd = _ratio(b, f"bytes crossing boundary {k}")
                 extra.append((wn * bn, wd * bd))
-    # Every value over one power of two: n/d as n << (shift - log2 d) over 2**shift (all C maps).
+    # Every value over one power of two: n/d as n << (shift - log2 d) over 2**shift (C maps).
     shift = max(map(int.bit_length, map(_second, [*ratios, *extra]))) - 1
+    if whole_bytes:
+        shift = max(shift, wd.bit_length() - 1)
     weights = _scaled(ratios, shift)
     prefix = [0, *accumulate(weights)]
     scale = 1 << shift
-    if comm and any(map(_first, extra)):
+    if whole_bytes and wn and boundary_bytes is not None and any(boundary_bytes):
+        link = [0, *map(mul, repeat(wn << (shift + 1 - wd.bit_length())), boundary_bytes), 0]
+        positions = _split_with_links(prefix, link, num_stages)
+    elif comm and any(map(_first, extra)):
         link = [0, *_scaled(extra, shift), 0]
         positions = _split_with_links(prefix, link, num_stages)
     else:
@@ -262,8 +267,8 @@ def _split_with_links(prefix: list[int], link: list[int], num_stages: int) -> li
         return []
     if num_stages == m:
         return list(range(1, m))
-    up = [p + x for p, x in zip(prefix, link)]  # cost of a..b = up[b] - down[a]
-    down = [p - x for p, x in zip(prefix, link)]
+    up: list[int] = list(map(add, prefix, link))  # cost of a..b = up[b] - down[a]
+    down: list[int] = list(map(sub, prefix, link))
 
     def worst(positions: list[int]) -> int:
         b = [0, *positions, m]

@@ -86,7 +86,10 @@ def chains(draw: Any, comm: bool) -> tuple[list[float], int, list[float] | None,
     stages = draw(st.integers(1, min(6, len(seg))))
     if not comm:
         return seg, stages, None, 0.0
-    crossing = draw(st.lists(st.one_of(st.integers(0, 10**6), st.sampled_from([0, 1, 7])), min_size=len(seg) - 1, max_size=len(seg) - 1))
+    byte_counts = st.one_of(st.integers(0, 10**6), st.sampled_from([0, 1, 7]))
+    if draw(st.booleans()):  # byte counts (the usual chain), or any numbers >= 0
+        byte_counts = st.one_of(byte_counts, st.floats(0, 1e6, allow_nan=False, allow_infinity=False))
+    crossing = draw(st.lists(byte_counts, min_size=len(seg) - 1, max_size=len(seg) - 1))
     weight = draw(st.one_of(st.sampled_from([0.0, 0.1, 0.5, 1.0, 3.0]), st.floats(0, 100, allow_nan=False)))
     return seg, stages, crossing, weight
 
