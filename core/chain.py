@@ -22,8 +22,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from itertools import accumulate, repeat
-from operator import add, attrgetter, lt, sub
+from itertools import accumulate, compress, count, repeat
+from operator import add, attrgetter, lt, ne, sub
 
 from core.assign import ANY_STAGE, assign_stages
 from core.candidates import Candidates, candidate_calls
@@ -185,7 +185,7 @@ def _segment_sums(prices: list[float], edges: list[int]) -> tuple[float, ...]:
     the whole model's must be a finite float too, so that every sum of segments the partition
     forms is one."""
     try:
-        sums = tuple(map(math.fsum, map(prices.__getitem__, map(slice, edges, edges[1:]))))
+        sums = _sums(prices, edges)
         total = math.fsum(sums)
     except OverflowError:
         total = math.inf
@@ -195,6 +195,16 @@ def _segment_sums(prices: list[float], edges: list[int]) -> tuple[float, ...]:
             "model down (for example seconds instead of nanoseconds)."
         )
     return tuple(map(add, sums, repeat(0.0)))  # a sum of zeros is 0.0, never -0.0
+
+
+def _sums(prices: list[float], edges: list[int]) -> list[float]:
+    """math.fsum of each prices[edges[k]:edges[k+1]]; a segment of one node (a block between two
+    candidates) is its price, taken in C with the others, the longer ones summed after."""
+    starts, stops = edges[:-1], edges[1:]
+    sums = list(map(prices.__getitem__, map(min, starts, repeat(len(prices) - 1))))  # in range
+    for k in compress(count(), map(ne, map(sub, stops, starts), repeat(1))):
+        sums[k] = math.fsum(prices[starts[k] : stops[k]])
+    return sums
 
 
 def _crossing_bytes(flat: FlatGraph) -> tuple[int, ...]:

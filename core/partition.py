@@ -89,8 +89,10 @@ def partition_chain(
             f"boundary_bytes has {len(boundary_bytes)} entries; a chain of {m} segments has "
             f"{m - 1} boundaries."
         )
+    integral = False  # every cost a whole float (bytes, counts): c = int(c) / 1
     if _plain_floats(costs):  # the usual chain: no checks to make
-        ratios = list(map(float.as_integer_ratio, costs))
+        integral = all(map(float.is_integer, costs))
+        ratios = [] if integral else list(map(float.as_integer_ratio, costs))
     else:
         ratios = [_ratio(c, f"cost of segment {k}") for k, c in enumerate(costs)]
     comm = boundary_bytes is not None and comm_weight > 0
@@ -105,10 +107,10 @@ def partition_chain(
                 bn, bd = _ratio(b, f"bytes crossing boundary {k}")
                 extra.append((wn * bn, wd * bd))
     # Every value over one power of two: n/d as n << (shift - log2 d) over 2**shift (C maps).
-    shift = max(map(int.bit_length, map(_second, [*ratios, *extra]))) - 1
+    shift = max(map(int.bit_length, map(_second, [*ratios, *extra])), default=1) - 1
     if whole_bytes:
         shift = max(shift, wd.bit_length() - 1)
-    weights = _scaled(ratios, shift)
+    weights = list(map(lshift, map(int, costs), repeat(shift))) if integral else _scaled(ratios, shift)
     prefix = [0, *accumulate(weights)]
     scale = 1 << shift
     if whole_bytes and wn and boundary_bytes is not None and any(boundary_bytes):

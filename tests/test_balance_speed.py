@@ -341,3 +341,36 @@ def test_crossing_sums_name_the_value_without_bytes() -> None:
     snap = Snapshot(module("", g.output(h), {"layers": module("layers", children=kids), "pre": module("pre")}))
     with pytest.raises(BalanceError, match="'pre'.*crossing after:layers.0"):
         chain(snap, costs.params, with_bytes=True)
+
+
+def test_segment_sums_are_fsums_of_the_slices() -> None:
+    from core.chain import _sums
+
+    rng = random.Random(5)
+    for _ in range(300):
+        n = rng.randint(1, 12)
+        prices = [rng.choice([0.0, -0.0, 1.0, 0.1, 1e16, 5e-324, rng.random()]) for _ in range(n)]
+        inner = sorted(rng.choices(range(n + 1), k=rng.randint(0, 5)))
+        edges = [0, *inner, n]
+        want = [math.fsum(prices[a:b]) for a, b in zip(edges, edges[1:])]
+        assert _sums(prices, edges) == want
+
+
+def test_partition_shortcuts_are_the_general_path() -> None:
+    """Whole float costs (scaled in C without ratios) and whole byte counts (links made by one
+    multiplication) split as the same numbers given as ints and floats (the general path)."""
+    from core.partition import partition_chain
+
+    rng = random.Random(11)
+    for _ in range(200):
+        m = rng.randint(1, 14)
+        whole = [float(rng.choice([0, 1, 2, 7, 10**6, 2**60])) for _ in range(m)]
+        stages = rng.randint(1, m)
+        crossing = [rng.choice([0, 1, 5, 10**9]) for _ in range(m - 1)]
+        weight = rng.choice([0.0, 1e-9, 0.5, 3.0])
+        fast = partition_chain(whole, stages, boundary_bytes=crossing, comm_weight=weight)
+        general = partition_chain(
+            [int(c) for c in whole], stages, boundary_bytes=[float(b) for b in crossing], comm_weight=weight
+        )
+        assert fast == general
+        assert partition_chain(whole, stages) == partition_chain([int(c) for c in whole], stages)
