@@ -13,6 +13,17 @@ Phases: `check_cuts` (the spine: 55 s at depth 5000 before it was made linear, c
 `plan`, `to_json` and `from_json` of the snapshot, `balance` with costs.params (its own passes:
 candidates, chain, partition), and the plan's JSON both ways. Each depth runs in a fresh process
 with Python's default recursion limit: nothing may recurse per level.
+
+    PYTHONPATH=. .venv/bin/python bench/depth.py --fx               # depths 250 .. 2000
+    PYTHONPATH=. .venv/bin/python bench/depth.py --fx --depths 5000
+
+`--fx` measures the fx frontend on the same chain as a torch model (`Level` inside `Level` ...,
+four Linear blocks at the bottom): `snapshot(model, x, cuts=[cut], tracer="fx")` (one fx trace
+per level, the binding run and value info on fake tensors), `plan`, `stage_modules` and one run
+of the stages, checked equal to the model. The first snapshot in a process pays torch's imports
+(fake tensors), so a warm-up snapshot of a 2-level chain runs first. Time per level stays flat
+for the snapshot (fx's own cost of one trace dominates); stage building grows with the length
+of the inlined nodes' names (`m.m.m...add`), which is the plan's size.
 """
 
 from __future__ import annotations
@@ -74,14 +85,99 @@ def measure(depth: int) -> dict[str, float]:
     return times
 
 
+FX_PHASES = ("snapshot", "plan", "stages", "run")
+
+
+def torch_chain(depth: int):  # type: ignore[no-untyped-def]
+    """The chain as a torch model, built bottom up; and the cut after the deepest block 1."""
+    import torch
+    from torch import nn
+
+    class Level(nn.Module):
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.m = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.m(x) + 1
+
+    class Bottom(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.blocks = nn.ModuleList(nn.Linear(8, 8) for _ in range(4))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            for block in self.blocks:
+                x = block(x)
+            return x
+
+    model: nn.Module = Bottom()
+    for _ in range(depth):
+        model = Level(model)
+    return model, ".".join(["m"] * depth + ["blocks", "1"])
+
+
+def measure_fx(depth: int) -> dict[str, float]:
+    import torch
+
+    from adapters.fx import run_stages, snapshot, stage_modules
+    from adapters.graph.deep import run_deep
+
+    x = torch.randn(2, 8)
+    warm, warm_cut = torch_chain(2)
+    snapshot(warm, x, cuts=[warm_cut], tracer="fx")
+    model, cut = torch_chain(depth)
+    times: dict[str, float] = {}
+
+    def phase(name: str, fn):  # type: ignore[no-untyped-def]
+        start = time.process_time()
+        value = fn()
+        times[name] = time.process_time() - start
+        return value
+
+    snap = phase("snapshot", lambda: snapshot(model, x, cuts=[cut], tracer="fx"))
+    result = phase("plan", lambda: plan(snap, [cut]))
+    stages = phase("stages", lambda: stage_modules(result, model))
+    with torch.no_grad():
+        out = phase("run", lambda: run_stages(stages, x))
+        assert torch.equal(out, run_deep(depth, lambda: model(x)))
+    times["depth"] = float(depth)
+    times["recursion_limit"] = float(sys.getrecursionlimit())
+    return times
+
+
+def main_fx(depths: list[int]) -> None:
+    head = f"{'depth':>6} " + " ".join(f"{p:>10}" for p in FX_PHASES) + f" {'ms/level':>9} {'snapshot ms/level':>18}"
+    print(head)
+    print("-" * len(head))
+    for depth in depths:
+        done = subprocess.run([sys.executable, __file__, "--fx-child", str(depth)], capture_output=True, text=True, check=True)
+        row = json.loads(done.stdout.strip().splitlines()[-1])
+        work = sum(row[p] for p in FX_PHASES)
+        print(f"{depth:>6} " + " ".join(f"{row[p]:>10.2f}" for p in FX_PHASES)
+              + f" {1e3 * work / depth:>9.2f} {1e3 * row['snapshot'] / depth:>18.2f}")
+    print("seconds of CPU per phase (snapshot with value info, plan, stage_modules, one run of the stages)")
+    print(f"recursion limit after each run: {int(row['recursion_limit'])} (Python's default: the parts that recurse per "
+          "level run in a worker thread with room for them, adapters.graph.deep)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--depths", type=int, nargs="+", default=[500, 1000, 2000, 4000, 8000])
+    parser.add_argument("--depths", type=int, nargs="+")
+    parser.add_argument("--fx", action="store_true", help="the fx frontend on a torch model (snapshot, plan, stages)")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--fx-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
         print(json.dumps(measure(args.child)))
         return
+    if args.fx_child is not None:
+        print(json.dumps(measure_fx(args.fx_child)))
+        return
+    if args.fx:
+        main_fx(args.depths or [250, 500, 1000, 2000])
+        return
+    args.depths = args.depths or [500, 1000, 2000, 4000, 8000]
     head = f"{'depth':>6} {'JSON MB':>8} " + " ".join(f"{p:>10}" for p in PHASES) + f" {'ns/char':>8}"
     print(head)
     print("-" * len(head))

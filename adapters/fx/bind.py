@@ -20,6 +20,8 @@ from torch import fx, nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._pytree import tree_map
 
+from adapters.graph.module_tree import named_tensors
+
 Concrete = dict[str, Any]  # parameter name -> the value every call gave it
 # Values that choose branches. Floats stay inputs: they scale, they rarely branch.
 _SIMPLE = (type(None), bool, int, str)
@@ -38,7 +40,7 @@ def example_bindings(
             continue
         handles.append(module.register_forward_pre_hook(_recorder(path, module, found), with_kwargs=True))
     mode = FakeTensorMode(allow_non_fake_inputs=True)
-    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    saved = [(b, b.detach().clone()) for _, b in named_tensors(model, "_buffers")]
     try:
         fake_args, fake_kwargs = tree_map(lambda v: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v, (args, dict(kwargs)))
         with torch.random.fork_rng(devices=[]), mode:

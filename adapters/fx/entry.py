@@ -18,7 +18,9 @@ from torch import nn
 from adapters.export.capture import CaptureError
 from adapters.export.trace import snapshot_export, spine_targets
 from adapters.fx.trace import LeafSpec, snapshot_fx
+from adapters.graph.deep import ModelTooDeep, run_deep
 from adapters.graph.hooks import hooks_off
+from adapters.graph.module_tree import tree_depth, walk_modules
 from core import PlanError, Snapshot
 from core.cuts import CutLike
 
@@ -49,8 +51,15 @@ def snapshot(
         raise ValueError(f"tracer={tracer!r}: expected one of {', '.join(TRACERS)}")
     if example_args or example_kwargs:
         _check_call(model, example_args, example_kwargs)
-    with hooks_off([model]):
-        return _snapshot(model, example_args, example_kwargs, tracer, tuple(leaf_modules), cuts, progress)
+    leaves = tuple(leaf_modules)
+
+    def run() -> Snapshot:
+        with hooks_off([model]):
+            return _snapshot(model, example_args, example_kwargs, tracer, leaves, cuts, progress)
+
+    # The model's forward recurses once per level (fx's binding run, value info, export): with
+    # a deep module tree, in a thread with room for it (`ModelTooDeep` if it needs more).
+    return run_deep(tree_depth(model), run, what=f"{type(model).__name__}.forward (while tracing)")
 
 
 def _snapshot(
@@ -65,7 +74,7 @@ def _snapshot(
     if tracer == "export":
         return snapshot_export(model, *example_args, leaf_modules=leaves, cuts=cuts, progress=progress, **example_kwargs)
     traced = snapshot_fx(model, *example_args, leaf_modules=leaves, cuts=cuts, progress=progress, **example_kwargs)
-    failed = _fx_failure(traced, spine_targets(dict(model.named_modules()), cuts))
+    failed = _fx_failure(traced, spine_targets(dict(walk_modules(model)), cuts))
     if tracer == "fx" or failed is None or not (example_args or example_kwargs):
         return traced
     try:
@@ -119,4 +128,4 @@ def _fx_failure(snap: Snapshot, targets: Sequence[str]) -> tuple[str, str] | Non
     return None
 
 
-__all__ = ["TRACERS", "Tracer", "UntraceableModel", "snapshot"]
+__all__ = ["TRACERS", "ModelTooDeep", "Tracer", "UntraceableModel", "snapshot"]

@@ -68,9 +68,18 @@ def transfer_root_hooks(model: nn.Module, stages: Sequence[fx.GraphModule]) -> N
 
 def warn_dropped_hooks(plan: Plan, model: nn.Module) -> None:
     """Warn for each hook of a non-root module that the plan inlines (a cut lies inside it)."""
-    inlined = sorted({".".join(c.path.split(".")[:i]) for c in plan.cuts for i in range(1, c.path.count(".") + 1)})
-    for path in inlined:
-        module = model.get_submodule(path)
+    hooked: dict[str, nn.Module] = {}
+    for cut in plan.cuts:
+        # Down the way to the cut, one step per level (a path is spelled out only for a module
+        # with hooks: the paths of a deep spine are as long as it is deep).
+        parts = cut.path.split(".")[:-1]
+        module = model
+        for i, part in enumerate(parts):
+            child = module._modules.get(part)
+            module = child if child is not None else module.get_submodule(part)
+            if any(getattr(module, kind) for kind in HOOK_TABLES):
+                hooked.setdefault(".".join(parts[: i + 1]), module)
+    for path, module in sorted(hooked.items()):
         for kind in HOOK_TABLES:
             for hook in getattr(module, kind).values():
                 name = getattr(hook, "__qualname__", repr(hook))

@@ -19,6 +19,8 @@ from torch import nn
 from torch.nn.modules import module as module_globals
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from adapters.graph.module_tree import walk_modules
+
 MISSING: Final[Any] = object()  # what `LeafMemo.get` returns for an unknown key
 
 _SCALARS = (type(None), bool, int, float, str, torch.dtype, torch.device)
@@ -77,7 +79,7 @@ class LeafMemo:
 
 def _structure(module: nn.Module) -> Hashable | None:
     parts: list[Hashable] = []
-    for name, sub in module.named_modules(remove_duplicate=False):
+    for name, sub in walk_modules(module, remove_duplicate=False):
         if any(getattr(sub, hooks, None) for hooks in _FORWARD_HOOKS):
             return None
         attrs = []

@@ -10,6 +10,7 @@ from typing import Any
 from torch import fx, nn
 
 from adapters.graph.convert import arg_to_fx, call_target
+from adapters.graph.deep import run_deep
 from adapters.graph.guards import MODE_CHECK, ModeCheck
 from adapters.graph.handles import admit_graph
 from adapters.graph.hooks import transfer_root_hooks, warn_dropped_hooks
@@ -69,7 +70,14 @@ def stage_module(stage: Stage, model: nn.Module, *, trusted_modules: Iterable[st
                 {k: arg_to_fx(v, env) for k, v in node.kwargs.items()},
                 name=_identifier(node.name),
             )
-    return fx.GraphModule(model, graph, class_name=f"Stage{stage.index}")
+    # fx's code reaches a module as `self.a.b.c...`: compiling a chain as long as the module tree
+    # is deep recurses as deep (`run_deep` makes room when it is).
+    levels = max((n.target.count(".") + 1 for n in stage.graph.nodes if n.op in ("call_module", "get_attr")), default=0)
+    return run_deep(
+        levels,
+        lambda: fx.GraphModule(model, graph, class_name=f"Stage{stage.index}"),
+        what=f"Python compiling the code of stage {stage.index}",
+    )
 
 
 def run_stages(modules: list[fx.GraphModule] | list[nn.Module], *args: Any, **kwargs: Any) -> Any:
