@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from core.graph import ValueInfo
+from core.graph import EMPTY_KWARGS, DictOf, ListOf, Ref, SliceOf, ValueInfo, refs
 from core.saved import FLOAT_DTYPES, itemsize
 
 __all__ = ["StageComm", "stage_comm", "wire_bytes", "grad_bytes", "boundary_bytes"]
@@ -77,7 +77,20 @@ def _sum(values: Sequence[int | None]) -> int | None:
 
 
 def _reads(stage: Any) -> set[str]:
-    return {name for node in stage.graph.nodes if node.op != "output" for name in node.inputs()}
+    read: set[str] = set()
+    for node in stage.graph.nodes:
+        if node.op == "output":
+            continue
+        kwargs = node.kwargs
+        if kwargs is EMPTY_KWARGS or not kwargs:
+            for arg in node.args:
+                if type(arg) is Ref:  # the common case, without a call
+                    read.add(arg.name)
+                elif isinstance(arg, (tuple, ListOf, DictOf, SliceOf)):
+                    read.update(refs(arg))
+        else:
+            read.update(node.inputs())
+    return read
 
 
 def boundary_bytes(plan: Any, dtype: str | None = None) -> tuple[tuple[int | None, int | None], ...]:

@@ -215,12 +215,18 @@ class _Chain:
     """`_State.chain`: a structure number, the replay of its record as a function of the input
     storage, and the last result."""
 
-    __slots__ = ("number", "step", "value")
+    __slots__ = ("number", "step", "value", "one")
 
-    def __init__(self, number: int, step: Callable[[_State, int], Any], value: _T) -> None:
+    def __init__(self, number: int, step: Callable[[_State, int], Any], value: _T, one: _One | None) -> None:
         self.number = number
         self.step = step
         self.value = value
+        self.one = one  # the common record, for `_run_graph` to replay inline
+
+
+_One = tuple["_Storage", bool, int, tuple[int, ...], "tuple[int, ...] | None", str, bool]
+"""A record whose result is one new tensor and which keeps nothing new but its input (maybe):
+the result's storage, whether the input is kept, the bytes kept inside, the result's layout."""
 
 
 class _Shapes:
@@ -581,7 +587,26 @@ def _run_graph(state: _State, graph: Graph, env: dict[str, Any], prefix: str, st
             if len(args) == 1 and type(args[0]) is Ref and env.get(args[0].name) is chain.value:
                 kwargs = node.kwargs
                 if (kwargs is EMPTY_KWARGS or not kwargs) and by_path.get(f"{prefix}.{node.target}" if prefix else node.target) == chain.number:
-                    value = env[node.name] = chain.value = chain.step(state, chain.value.root)
+                    one = chain.one
+                    if one is None:
+                        value = chain.step(state, chain.value.root)
+                    else:  # `_stepper`'s `step_one`, inline
+                        storage, keep_input, internal, shape, strides, dtype, grad = one
+                        storages = state.storages
+                        base = len(storages)
+                        storages.append(storage)
+                        root = chain.value.root
+                        if keep_input and root not in state.kept:
+                            state.kept.add(root)
+                            state.log.append(root)
+                        state.internal += internal
+                        value = _new_object(_T)
+                        _set_root(value, base)
+                        _set_shape(value, shape)
+                        _set_strides(value, strides)
+                        _set_dtype(value, dtype)
+                        _set_grad(value, grad)
+                    env[node.name] = chain.value = value
                     continue
         env[node.name] = _eval(state, node, env, prefix)
     return None
@@ -742,7 +767,14 @@ def _chain(state: _State, number: int, recorded: _Recorded, result: Any, key: An
         same = _signature(again, {}, state) == key[1]
     except _NoMemo:
         same = False
-    state.chain = _Chain(number, _stepper(recorded), result) if same and recorded.kept_inputs in ((), (0,)) else None
+    if not same or recorded.kept_inputs not in ((), (0,)):
+        state.chain = None
+        return
+    one: _One | None = None
+    if recorded.result[0] == "new" and len(recorded.made) == 1 and not recorded.kept_new:
+        _, _, shape, strides, dtype, grad = recorded.result
+        one = (recorded.made[0], bool(recorded.kept_inputs), recorded.internal, shape, strides, dtype, grad)
+    state.chain = _Chain(number, _stepper(recorded), result, one)
 
 
 def _stepper(recorded: _Recorded) -> Callable[[_State, int], Any]:
@@ -792,25 +824,61 @@ def _structure(state: _State, module: Module) -> tuple[int, tuple[Node, ...]]:
     found = shapes.by_id.get(id(module))
     if found is not None:
         return found[0], found[2]
-    # children first, without recursion (trees may be thousands of levels deep)
-    stack: list[tuple[Module, bool]] = [(module, False)]
+    # children first, without recursion (trees may be thousands of levels deep); each PMap is
+    # iterated once (pyrsistent iterates in Python)
+    stack: list[tuple[Module, list[tuple[str, Module]] | None]] = [(module, None)]
     while stack:
-        here, ready = stack.pop()
+        here, children = stack.pop()
         if id(here) in shapes.by_id:
             continue
-        if not ready:
-            stack.append((here, True))
-            stack.extend((child, False) for child in here.children.values() if id(child) not in shapes.by_id)
+        if children is None:
+            children = list(here.children.items()) if here.children else []
+            stack.append((here, children))
+            stack.extend((child, None) for _, child in children if id(child) not in shapes.by_id)
             continue
-        kids = tuple((name, shapes.by_id[id(child)][0]) for name, child in sorted(here.children.items()))
-        params = tuple(sorted((name, p.numel, p.nbytes, p.buffer) for name, p in here.params.items()))
+        kids = tuple(sorted([(name, shapes.by_id[id(child)][0]) for name, child in children]))
+        params = tuple(sorted([(name, p.numel, p.nbytes, p.buffer) for name, p in here.params.items()])) if here.params else ()
         records = tuple(state.measured.get(here.path, ())) if here.graph is None else ()
-        whole = (here.type_name, here.graph, params, records, kids)
+        whole = (here.type_name, None if here.graph is None else _fingerprint(here.graph), params, records, kids)
         number = shapes.wholes.setdefault(whole, next(shapes.numbers))  # one hash of the graph
         placeholders = here.graph.placeholders if here.graph is not None else ()
         shapes.by_id[id(here)] = (number, here, placeholders)  # the module too: ids stay unique while cached
     found = shapes.by_id[id(module)]
     return found[0], found[2]
+
+
+_REF, _LIST, _DICT, _SLICE = object(), object(), object(), object()  # tags no constant can equal
+
+
+def _fingerprint(graph: Graph) -> tuple[Any, ...]:
+    """The graph as plain tuples, equal exactly when the graphs are equal (as `Graph.__eq__`
+    says): hashing and comparing it runs in C, where the nodes' own dataclass methods run in
+    Python (most of the first figures of a large snapshot)."""
+    out = []
+    for node in graph.nodes:
+        info = node.info
+        kwargs = node.kwargs
+        out.append((
+            node.name, node.op, node.target,
+            tuple([(_REF, a.name) if type(a) is Ref else _plain(a) for a in node.args]),
+            () if kwargs is EMPTY_KWARGS or not kwargs else tuple(sorted([(k, _plain(v)) for k, v in kwargs.items()])),
+            None if info is None else (info.kind, info.shape, info.dtype, info.nbytes),
+        ))
+    return tuple(out)
+
+
+def _plain(arg: Arg) -> Any:
+    if isinstance(arg, Ref):
+        return (_REF, arg.name)
+    if isinstance(arg, tuple):
+        return tuple([_plain(a) for a in arg])
+    if isinstance(arg, ListOf):
+        return (_LIST, tuple([_plain(a) for a in arg.items]))
+    if isinstance(arg, DictOf):
+        return (_DICT, tuple([(_plain(k), _plain(v)) for k, v in arg.items]))
+    if isinstance(arg, SliceOf):
+        return (_SLICE, _plain(arg.start), _plain(arg.stop), _plain(arg.step))
+    return arg
 
 
 def _signature(values: list[Any], roots: dict[int, int], state: _State) -> Any:
