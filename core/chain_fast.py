@@ -8,13 +8,16 @@ a model's numbered blocks called from its forward), for large snapshots.
   call. This gives that `FlatGraph` in a few passes over the root graph that run in C (map,
   dict, set), or None when the conditions do not hold (then `core.chain` runs the full passes,
   which also raise the errors).
+- `root_calls_flat(snapshot, cuts, calls)`: the same flat graph for automatic candidates that
+  `core.candidates` placed while finding them (`RootCalls`: the conditions hold by
+  construction), with no pass over the graph at all.
 - `params_prices(snapshot, graph)`: the `params` price of every node of a root graph, pricing a
   call of a module without children and with one parameter inline; anything else goes to
   `core.costs.params`, so every price is the one `params` gives.
 - `instances(cls, count, **columns)`: many frozen dataclass values made at once (the cuts and
   boundaries of 100k candidates).
 
-tests/test_balance_speed.py checks all three against the full passes and plain construction.
+tests/test_balance_speed.py checks each against the full passes and plain construction.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from core.costs import CostContext, params
 from core.cuts import Cut
-from core.graph import Graph, Node
+from core.graph import Graph
 from core.propagate import Boundary, FlatGraph
 from core.snapshot import Snapshot
 
