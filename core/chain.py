@@ -38,7 +38,7 @@ from core.chain_fast import params_prices, root_calls_flat, root_level_flat
 from core.costs import CostContext, CostModel, ModuleCosts, by_module, params
 from core.cuts import Cut
 from core.errors import BalanceError, UnknownPath
-from core.graph import Graph, Node
+from core.graph import EMPTY_KWARGS, DictOf, Graph, ListOf, Node, Ref, SliceOf, refs
 from core.liveness import live_in
 from core.propagate import Boundary, FlatGraph, propagate
 from core.rules import PROJECTIONS
@@ -252,7 +252,21 @@ def _crossing_sums(flat: FlatGraph, stages: tuple[int, ...]) -> tuple[int, ...] 
         reader = stages[i]
         if reader == ANY_STAGE:
             continue
-        for name in nodes[i].inputs():
+        node = nodes[i]
+        if node.kwargs is EMPTY_KWARGS:  # Node.inputs, without making its list
+            for arg in node.args:
+                kind = type(arg)
+                if kind is Ref:
+                    j = position(arg.name)  # type: ignore[union-attr]
+                    if last_read[j] < reader:
+                        last_read[j] = reader
+                elif kind is tuple or kind is ListOf or kind is DictOf or kind is SliceOf:
+                    for name in refs(arg):
+                        j = position(name)
+                        if last_read[j] < reader:
+                            last_read[j] = reader
+            continue
+        for name in node.inputs():
             j = position(name)
             if last_read[j] < reader:
                 last_read[j] = reader

@@ -374,3 +374,34 @@ def test_partition_shortcuts_are_the_general_path() -> None:
         )
         assert fast == general
         assert partition_chain(whole, stages) == partition_chain([int(c) for c in whole], stages)
+
+
+def test_crossing_sums_are_the_live_lists() -> None:
+    """Running sums over the ranges of live_in equal the bytes of its lists, on graphs with
+    keyword arguments, containers and projections (the zoo), at every candidate depth."""
+    from core.assign import assign_stages
+    from core.chain import _crossing_sums
+    from core.liveness import live_in
+
+    checked = 0
+    for snap in [*SNAPSHOTS, *_zoo()]:
+        for given in (None, 1, 2, 3):
+            found = chain(snap, costs.calls, given)
+            flat = found.flat
+            assert flat is not None
+            stages = assign_stages(flat)
+            got = _crossing_sums(flat, stages)
+            if got is None:
+                continue
+            live = live_in(flat.graph, stages, len(flat.boundaries) + 1)
+            want = tuple(
+                sum(_bytes(flat.graph.node(name)) for name in live[k + 1])
+                for k in range(len(flat.boundaries))
+            )
+            assert got == want
+            checked += 1
+    assert checked >= 10
+
+
+def _bytes(node: Node) -> int:
+    return 0 if node.info is None or node.info.nbytes is None else node.info.nbytes
