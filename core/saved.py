@@ -474,7 +474,8 @@ class _Cursor:
                 continue
             try:
                 for node in ranges.segments[k]:
-                    env[node.name] = _eval(state, node, env, "")
+                    value = _chained(state, node, env, "") if state.chain is not None and node.op == "call_module" else _NOT_CHAINED
+                    env[node.name] = _eval(state, node, env, "") if value is _NOT_CHAINED else value
                 for root in state.log[self.seen_log :]:
                     if root not in self.received:
                         self.kept_bytes += state.storages[root].nbytes
@@ -573,43 +574,59 @@ def _key(value: Any) -> Any:
 
 
 def _run_graph(state: _State, graph: Graph, env: dict[str, Any], prefix: str, stage_nodes: bool = False) -> Any:
-    by_path = state.shapes.by_path
     for node in graph.nodes:
         op = node.op
         if op == "placeholder":
             continue
         if op == "output":
             return _resolve(node.args[0], env) if node.args else None
-        chain = state.chain
-        if chain is not None and op == "call_module" and state.depth < 10_000:
-            # the next block of a stack on the last one's result: the same key as that call's
-            args = node.args
-            if len(args) == 1 and type(args[0]) is Ref and env.get(args[0].name) is chain.value:
-                kwargs = node.kwargs
-                if (kwargs is EMPTY_KWARGS or not kwargs) and by_path.get(f"{prefix}.{node.target}" if prefix else node.target) == chain.number:
-                    one = chain.one
-                    if one is None:
-                        value = chain.step(state, chain.value.root)
-                    else:  # `_stepper`'s `step_one`, inline
-                        storage, keep_input, internal, shape, strides, dtype, grad = one
-                        storages = state.storages
-                        base = len(storages)
-                        storages.append(storage)
-                        root = chain.value.root
-                        if keep_input and root not in state.kept:
-                            state.kept.add(root)
-                            state.log.append(root)
-                        state.internal += internal
-                        value = _new_object(_T)
-                        _set_root(value, base)
-                        _set_shape(value, shape)
-                        _set_strides(value, strides)
-                        _set_dtype(value, dtype)
-                        _set_grad(value, grad)
-                    env[node.name] = chain.value = value
-                    continue
+        if state.chain is not None and op == "call_module":
+            value = _chained(state, node, env, prefix)
+            if value is not _NOT_CHAINED:
+                env[node.name] = value
+                continue
         env[node.name] = _eval(state, node, env, prefix)
     return None
+
+
+_NOT_CHAINED = object()
+
+
+def _chained(state: _State, node: Node, env: Mapping[str, Any], prefix: str) -> Any:
+    """The value of a call_module `node` replayed when it is the next block of a stack on the
+    last one's result (`state.chain`: the same key as that call's), else `_NOT_CHAINED`."""
+    chain = state.chain
+    args = node.args
+    if chain is None or state.depth >= 10_000 or len(args) != 1 or type(args[0]) is not Ref:
+        return _NOT_CHAINED
+    if env.get(args[0].name) is not chain.value:
+        return _NOT_CHAINED
+    kwargs = node.kwargs
+    if not (kwargs is EMPTY_KWARGS or not kwargs):
+        return _NOT_CHAINED
+    if state.shapes.by_path.get(f"{prefix}.{node.target}" if prefix else node.target) != chain.number:
+        return _NOT_CHAINED
+    one = chain.one
+    if one is None:
+        value = chain.step(state, chain.value.root)
+    else:  # `_stepper`'s `step_one`, inline
+        storage, keep_input, internal, shape, strides, dtype, grad = one
+        storages = state.storages
+        base = len(storages)
+        storages.append(storage)
+        root = chain.value.root
+        if keep_input and root not in state.kept:
+            state.kept.add(root)
+            state.log.append(root)
+        state.internal += internal
+        value = _new_object(_T)
+        _set_root(value, base)
+        _set_shape(value, shape)
+        _set_strides(value, strides)
+        _set_dtype(value, dtype)
+        _set_grad(value, grad)
+    chain.value = value
+    return value
 
 
 def _eval(state: _State, node: Node, env: dict[str, Any], prefix: str) -> Any:
