@@ -257,25 +257,27 @@ def _numbered_calls(
     found: dict[tuple[str, str], _Members] = {}
     caller: dict[str, str] = {}
     modules = snapshot.modules
-    repeated = {path for path, count in counts.items() if count > 1}  # usually few
+    repeated = set()  # modules called more than once: usually none
+    if len(counts) < sum(counts.values()):
+        repeated = {path for path, count in counts.items() if count > 1}
     # (module whose graph is walked, next node index, its groups by container name)
     stack: list[tuple[Module, int, dict[str, _Members]]] = []
     if snapshot.root.graph is not None:
         stack.append((snapshot.root, 0, {}))
+    get = modules.get
     while stack:  # an explicit stack: module trees can be deep
-        owner, index, groups = stack.pop()
+        owner, start, groups = stack.pop()
         assert owner.graph is not None
         nodes = owner.graph.nodes
         owner_path = owner.path
-        size = len(nodes)
-        while index < size:
+        prefix = f"{owner_path}." if owner_path else ""
+        for index in range(start, len(nodes)):
             node = nodes[index]
-            index += 1
             if node.op != "call_module":
                 continue
             target = node.target
-            path = f"{owner_path}.{target}" if owner_path else target  # join()
-            callee = modules.get(path)
+            path = prefix + target  # join()
+            callee = get(path)
             if callee is None:
                 continue
             head, _, last = target.rpartition(".")
@@ -284,12 +286,12 @@ def _numbered_calls(
                 if members is None:
                     members = groups[head] = found.setdefault((owner_path, join(owner_path, head)), ([], []))
                 members[0].append(path)
-                members[1].append(index - 1)
+                members[1].append(index)
             # Only traced modules are callers (of the calls in their graphs), so only they are
             # recorded; each is walked once, at its first call.
             if callee.graph is not None and path not in caller:
                 caller[path] = owner_path
-                stack.append((owner, index, groups))
+                stack.append((owner, index + 1, groups))
                 stack.append((callee, 0, {}))
                 break
     return found, caller

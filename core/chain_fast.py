@@ -28,6 +28,8 @@ from itertools import repeat
 from operator import attrgetter, itemgetter, methodcaller
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from pyrsistent import PMap, pmap
+
 from core.costs import CostContext, params
 from core.cuts import Cut
 from core.graph import Graph
@@ -46,6 +48,7 @@ _side = attrgetter("side")
 _call = attrgetter("call")
 _parent = methodcaller("rpartition", ".")
 _first = itemgetter(0)
+_NONE: PMap[str, Any] = pmap()  # pyrsistent's one empty map: leaves' children, found without a call
 
 
 def root_level_flat(snapshot: Snapshot, cuts: Sequence[Cut]) -> FlatGraph | None:
@@ -126,7 +129,7 @@ def params_prices(snapshot: Snapshot, graph: Graph) -> list[float]:
         op = node.op
         if op == "call_module":
             module = get(node.target)
-            if module is not None and not module.children:
+            if module is not None and (module.children is _NONE or not module.children):
                 found = module.params
                 if len(found) == 1:
                     for _, param in found.iteritems():
