@@ -206,6 +206,8 @@ def _chosen(
         return cuts, None
     modules = snapshot.modules
     containers = frozenset(container for _, container, _ in groups)
+    # root_level_flat asks that the root not call them; no graph at all is the same here: a
+    # graph that calls a module is a module above it, so it would be a traced one above too.
     for container in containers:
         above = container
         while above:
