@@ -75,7 +75,7 @@ def _check_modules(snapshot: Snapshot, ordered: bool) -> None:
     modules = snapshot.modules
     for module in snapshot.root.walk(ordered):
         if module.children:
-            for name, child in module.children.items():
+            for name, child in module.children.iteritems():
                 if type(name) is not str or not name or "." in name:
                     raise _snapshot_error(
                         module.path, "children",
@@ -89,7 +89,7 @@ def _check_modules(snapshot: Snapshot, ordered: bool) -> None:
                         f"so its path must be {join(module.path, name)!r}.",
                     )
         if module.params:
-            for local, param in module.params.items():
+            for local, param in module.params.iteritems():  # iteritems: no view object per module
                 _check_param(module.path, local, param, tied)
         if module.graph is not None:
             problem = graph_problem(module.graph, module.path, modules)
