@@ -235,10 +235,13 @@ class _Shapes:
     `by_id` maps id(module) to its number, the module (so the id stays its own while cached) and
     its graph's placeholders; `wholes` maps each structure to its number."""
 
-    __slots__ = ("by_id", "by_path", "wholes", "numbers")
+    __slots__ = ("by_id", "by_path", "wholes", "numbers", "graphs")
 
     def __init__(self) -> None:
         self.by_id: dict[int, tuple[int, Module, tuple[Node, ...]]] = {}
+        # id(graph) -> its number and the graph (so the id stays its own while cached): a
+        # frontend shares one graph object among equal blocks, fingerprinted once then
+        self.graphs: dict[int, tuple[int, Graph]] = {}
         self.by_path: dict[str, int] = {}  # traced modules' numbers by path, as calls find them
         self.wholes: dict[Any, int] = {}
         self.numbers = itertools.count()
@@ -856,7 +859,7 @@ def _structure(state: _State, module: Module) -> tuple[int, tuple[Node, ...]]:
         kids = tuple(sorted([(name, shapes.by_id[id(child)][0]) for name, child in children]))
         params = tuple(sorted([(name, p.numel, p.nbytes, p.buffer) for name, p in here.params.items()])) if here.params else ()
         records = tuple(state.measured.get(here.path, ())) if here.graph is None else ()
-        whole = (here.type_name, None if here.graph is None else _fingerprint(here.graph), params, records, kids)
+        whole = (here.type_name, None if here.graph is None else _graph_number(shapes, here.graph), params, records, kids)
         number = shapes.wholes.setdefault(whole, next(shapes.numbers))  # one hash of the graph
         placeholders = here.graph.placeholders if here.graph is not None else ()
         shapes.by_id[id(here)] = (number, here, placeholders)  # the module too: ids stay unique while cached
@@ -865,6 +868,15 @@ def _structure(state: _State, module: Module) -> tuple[int, tuple[Node, ...]]:
 
 
 _REF, _LIST, _DICT, _SLICE = object(), object(), object(), object()  # tags no constant can equal
+
+
+def _graph_number(shapes: _Shapes, graph: Graph) -> int:
+    """One number per distinct graph: equal graphs (as `Graph.__eq__` says) get one, and a
+    graph object seen before is not read again."""
+    found = shapes.graphs.get(id(graph))
+    if found is None:
+        found = shapes.graphs[id(graph)] = (shapes.wholes.setdefault(_fingerprint(graph), next(shapes.numbers)), graph)
+    return found[0]
 
 
 def _fingerprint(graph: Graph) -> tuple[Any, ...]:

@@ -102,12 +102,22 @@ def module_tree(
     keys = storage_keys(model)
     order = list(named_modules(model))  # parents before their children
     built: dict[str, Module] = {}
+    shared = interned(graphs)
     for path, module in reversed(order):  # children before their parents
         children = {
             name: built.pop(join(path, name)) for name, child in module._modules.items() if child is not None
         }
-        built[path] = _module(module, path, graphs, reasons, keys, by_need, children)
+        built[path] = _module(module, path, shared, reasons, keys, by_need, children)
     return built[""]
+
+
+def interned(graphs: Mapping[str, Graph]) -> dict[str, Graph]:
+    """The graphs with equal ones made one object: the blocks of a stack trace to equal graphs
+    (paths are relative), and sharing them lets every pass that memoizes per graph object
+    (the figures' structure numbers) see a thousand blocks as one, and keeps one copy in memory
+    and in pickles sent to ranks."""
+    first: dict[Graph, Graph] = {}
+    return {path: first.setdefault(graph, graph) for path, graph in graphs.items()}
 
 
 def _module(
