@@ -240,12 +240,13 @@ def _bottleneck_plain(prefix: list[int], num_stages: int) -> int:
     return value if best is None else min(best, value)
 
 
-def _split_plain(prefix: list[int], num_stages: int) -> list[int]:
+def _split_plain(prefix: list[int], num_stages: int, limit: int | None = None) -> list[int]:
     """Optimal boundary positions (1..m-1), lexicographically smallest among optimal ones."""
     m = len(prefix) - 1
     if num_stages == 1:
         return []
-    limit = _bottleneck_plain(prefix, num_stages)
+    if limit is None:  # the optimal bottleneck, unless the caller has it
+        limit = _bottleneck_plain(prefix, num_stages)
     # reach[k]: the smallest start from which the rest fits in k stages (greedy from the right).
     reach = [m]
     for _ in range(num_stages - 1):
@@ -277,7 +278,7 @@ def _split_with_links(prefix: list[int], link: list[int], num_stages: int) -> li
         return max(up[j] - down[i] for i, j in zip(b, b[1:]))
 
     lower = _bottleneck_plain(prefix, num_stages)  # links only add cost
-    upper = worst(_split_plain(prefix, num_stages))  # a feasible value
+    upper = worst(_split_plain(prefix, num_stages, lower))  # a feasible value
     rng = random.Random(0x5EED)
     # A stage of a split within `upper` starts and ends at positions of the windows (see
     # `_reachable`), so only those rows (stage ends) and columns (starts) are looked at.
