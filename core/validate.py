@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar, cast
+
+from pyrsistent import PMap, pmap
 
 from core.cuts import Cut, CutLike, as_cut
 from core.errors import (
@@ -63,17 +65,122 @@ def check_snapshot(snapshot: Snapshot) -> None:
     if snapshot._checked:  # immutable, and checked before
         return
     try:
-        _check_modules(snapshot, ordered=False)  # quick
-    except MalformedSnapshot:
-        _check_modules(snapshot, ordered=True)  # the first problem in walk order, every time
-        raise  # pragma: no cover - the ordered pass finds the same problem
+        quick = _modules_ok(snapshot)  # in no order, silent
+    except Exception:  # something odd: the ordered check raises what it always did
+        quick = False
+    if not quick:
+        _check_modules(snapshot)  # the first problem in walk order, every time
     object.__setattr__(snapshot, "_checked", True)
 
 
-def _check_modules(snapshot: Snapshot, ordered: bool) -> None:
+def _modules_ok(snapshot: Snapshot) -> bool:
+    """True only if `_check_modules` would find nothing; False when it may find something (it then
+    runs, and names the first problem in walk order). The same checks in one loop over
+    `snapshot.modules` (the table the snapshot made of its tree): no tree walk, no call per module
+    or parameter, and each PMap read through its buckets rather than pyrsistent's Python
+    iterators (`_PMAP_BUCKETS`: this pyrsistent lays them out as `_probe_buckets` expects).
+
+    Why the table stands for the walk: `_check_modules` visits the root and, from each visited
+    module, its children. The root is `table['']`, and for every module of the table each child
+    `name` must be `table[join(path, name)]` with that path, so (by induction down the walk) every
+    module the walk visits is in the table, and every module in the table has its children, its
+    parameters and its graph checked here."""
+    table = snapshot.modules
+    if not _PMAP_BUCKETS or table.get("") is not snapshot.root:
+        return False  # pragma: no cover - pyrsistent's layout changed, or a tampered snapshot
+    get = table.get
+    first_of: dict[str, Param] = {}  # storage key -> its first parameter
+    tie = first_of.setdefault
+    traced: list[Module] = []
+    for module in table.values():
+        item: object = module
+        if item.__class__ is not Module:
+            return False
+        kids: object = module.children
+        owned: object = module.params
+        if kids.__class__ is not PMap or owned.__class__ is not PMap:
+            return False
+        children = cast("_Layout[Module]", kids)
+        params = cast("_Layout[Param]", owned)
+        if children._size:
+            path = module.path
+            scope = f"{path}." if path else ""
+            for bucket in children._buckets:
+                if bucket:
+                    for name, child in bucket:
+                        if name.__class__ is not str or not name or "." in name:
+                            return False
+                        where = scope + name
+                        if get(where) is not child or child.path != where:
+                            return False
+        if params._size:
+            for held in params._buckets:
+                if held:
+                    for local, param in held:
+                        if not (
+                            param.__class__ is Param
+                            and local.__class__ is str
+                            and local
+                            and "." not in local
+                            and (numel := param.numel).__class__ is int
+                            and (nbytes := param.nbytes).__class__ is int
+                            and 0 <= numel <= MAX_COUNT
+                            and 0 <= nbytes <= MAX_COUNT
+                            and param.key.__class__ is str
+                            and param.buffer.__class__ is bool
+                        ):
+                            return False
+                        first = tie(param.key, param)
+                        if first is not param and (first.numel != numel or first.nbytes != nbytes):
+                            return False
+        if module.graph is not None:
+            traced.append(module)
+    for module in traced:
+        assert module.graph is not None
+        if graph_problem(module.graph, module.path, table) is not None:
+            return False
+    return True
+
+
+_V = TypeVar("_V")
+
+
+class _Layout(Protocol, Generic[_V]):
+    """How pyrsistent 0.20 lays out a PMap (`_probe_buckets` checks it on import)."""
+
+    _size: int
+    _buckets: Sequence[list[tuple[str, _V]] | None]
+
+
+def _probe_buckets() -> bool:
+    """Whether this pyrsistent keeps a PMap as `_size` (its length) and `_buckets`, a sequence of
+    None or lists of (key, value) tuples, each item in one bucket: `_modules_ok` reads them."""
+    try:
+        items = {str(i): i for i in range(40)}
+        for made in (pmap(), pmap({"a": 1}), pmap(items), pmap(items).set("x", 1).discard("3")):
+            probe = cast("_Layout[int]", made)
+            pairs = [pair for bucket in probe._buckets if bucket for pair in bucket]
+            if (
+                probe._size != len(made)
+                or any(type(bucket) is not list for bucket in probe._buckets if bucket)
+                or any(type(pair) is not tuple or len(pair) != 2 for pair in pairs)
+                or sorted(pairs) != sorted(made.items())
+            ):
+                return False  # pragma: no cover
+        return True
+    except Exception:  # pragma: no cover - another layout
+        return False
+
+
+_PMAP_BUCKETS = _probe_buckets()
+
+
+def _check_modules(snapshot: Snapshot) -> None:
+    """Raise `MalformedSnapshot` for the first problem of the module tree in walk order (children
+    in natural name order): the reference that `_modules_ok` runs quickly."""
     tied: dict[str, tuple[str, str, Param]] = {}
     modules = snapshot.modules
-    for module in snapshot.root.walk(ordered):
+    for module in snapshot.root.walk():
         if module.children:
             for name, child in module.children.iteritems():
                 if type(name) is not str or not name or "." in name:
