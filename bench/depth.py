@@ -38,39 +38,29 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core import Param, Plan, Snapshot, ValueInfo, balance, costs, plan  # noqa: E402
-from core.builder import GraphBuilder, module  # noqa: E402
+from core import Plan, Snapshot, balance, costs, plan  # noqa: E402
 from core.validate import check_cuts  # noqa: E402
+from tests.test_hardening_depth import chain  # noqa: E402  (the snapshot chain the depth test plans)
 
-INFO = ValueInfo("tensor", (2, 8), "float32", 64)
 PHASES = ("build", "check_cuts", "plan", "to_json", "from_json", "balance", "plan_json")
+FX_PHASES = ("snapshot", "plan", "stages", "run")
 
 
-def chain(depth: int, blocks: int = 4) -> tuple[Snapshot, str]:
-    paths = [".".join(["m"] * k) for k in range(depth + 1)]
-    g = GraphBuilder()
-    h = g.placeholder("x", info=INFO)
-    for i in range(blocks):
-        h = g.call_module(f"blocks.{i}", h, info=INFO)
-    bottom = paths[depth]
-    kids = {str(i): module(f"{bottom}.blocks.{i}", params={"w": Param(f"w{i}", 64, 256)}, leaf_reason="leaf") for i in range(blocks)}
-    node = module(bottom, g.output(h), {"blocks": module(f"{bottom}.blocks", children=kids)})
-    for level in range(depth - 1, -1, -1):
-        g = GraphBuilder()
-        y = g.call_module("m", g.placeholder("x", info=INFO), info=INFO)
-        node = module(paths[level], g.output(g.call_function("_operator.add", y, 1, info=INFO)), {"m": node})
-    return Snapshot(node), f"{bottom}.blocks.1"
+class Phases:
+    """CPU seconds per named phase."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+
+    def __call__(self, name: str, fn):  # type: ignore[no-untyped-def]
+        start = time.process_time()
+        value = fn()
+        self.times[name] = time.process_time() - start
+        return value
 
 
 def measure(depth: int) -> dict[str, float]:
-    times: dict[str, float] = {}
-
-    def phase(name: str, fn):  # type: ignore[no-untyped-def]
-        start = time.process_time()
-        value = fn()
-        times[name] = time.process_time() - start
-        return value
-
+    phase = Phases()
     snapshot, cut = phase("build", lambda: chain(depth))
     phase("check_cuts", lambda: check_cuts(snapshot, [cut]))
     result = phase("plan", lambda: plan(snapshot, [cut]))
@@ -79,42 +69,11 @@ def measure(depth: int) -> dict[str, float]:
     assert back.to_json() == text
     phase("balance", lambda: balance(snapshot, 2, cost=costs.params))
     phase("plan_json", lambda: Plan.from_json(result.to_json()))
+    times = phase.times
     times["chars"] = float(len(text))
     times["depth"] = float(depth)
     times["recursion_limit"] = float(sys.getrecursionlimit())
     return times
-
-
-FX_PHASES = ("snapshot", "plan", "stages", "run")
-
-
-def torch_chain(depth: int):  # type: ignore[no-untyped-def]
-    """The chain as a torch model, built bottom up; and the cut after the deepest block 1."""
-    import torch
-    from torch import nn
-
-    class Level(nn.Module):
-        def __init__(self, inner: nn.Module) -> None:
-            super().__init__()
-            self.m = inner
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.m(x) + 1
-
-    class Bottom(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.blocks = nn.ModuleList(nn.Linear(8, 8) for _ in range(4))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            for block in self.blocks:
-                x = block(x)
-            return x
-
-    model: nn.Module = Bottom()
-    for _ in range(depth):
-        model = Level(model)
-    return model, ".".join(["m"] * depth + ["blocks", "1"])
 
 
 def measure_fx(depth: int) -> dict[str, float]:
@@ -122,25 +81,20 @@ def measure_fx(depth: int) -> dict[str, float]:
 
     from adapters.fx import run_stages, snapshot, stage_modules
     from adapters.graph.deep import run_deep
+    from tests.test_fx_depth import chain as torch_chain  # the torch model the fx depth test traces
 
     x = torch.randn(2, 8)
     warm, warm_cut = torch_chain(2)
     snapshot(warm, x, cuts=[warm_cut], tracer="fx")
     model, cut = torch_chain(depth)
-    times: dict[str, float] = {}
-
-    def phase(name: str, fn):  # type: ignore[no-untyped-def]
-        start = time.process_time()
-        value = fn()
-        times[name] = time.process_time() - start
-        return value
-
+    phase = Phases()
     snap = phase("snapshot", lambda: snapshot(model, x, cuts=[cut], tracer="fx"))
     result = phase("plan", lambda: plan(snap, [cut]))
     stages = phase("stages", lambda: stage_modules(result, model))
     with torch.no_grad():
         out = phase("run", lambda: run_stages(stages, x))
         assert torch.equal(out, run_deep(depth, lambda: model(x)))
+    times = phase.times
     times["depth"] = float(depth)
     times["recursion_limit"] = float(sys.getrecursionlimit())
     return times

@@ -531,6 +531,7 @@ def _is_constructor(target: str) -> bool:
 
 
 def _leaves(value: Any) -> list[Any]:
+    """The non-container items of nested tuples, lists and dicts, without recursion."""
     out: list[Any] = []
     stack = [value]
     while stack:
@@ -545,17 +546,7 @@ def _leaves(value: Any) -> list[Any]:
 
 
 def _tensors(value: Any) -> list[_T]:
-    out: list[_T] = []
-    stack = [value]
-    while stack:
-        v = stack.pop()
-        if isinstance(v, _T):
-            out.append(v)
-        elif isinstance(v, (tuple, list)):
-            stack.extend(v)
-        elif isinstance(v, dict):
-            stack.extend(v.values())
-    return out
+    return [v for v in _leaves(value) if isinstance(v, _T)]
 
 
 def _resolve(arg: Arg, env: Mapping[str, Any]) -> Any:
@@ -703,7 +694,7 @@ def _module_call(state: _State, node: Node, args: list[Any], kwargs: dict[str, A
         record = records[min(count, len(records) - 1)]
         return _measured_call(state, record, module, node, args, kwargs)
     kind = module.type_name.rpartition(".")[2]
-    inputs = [t for t in _tensors([args, kwargs])]
+    inputs = _tensors([args, kwargs])
     trainable = any(not p.buffer for p in _all_params(module))
     grad = any(t.grad for t in inputs) or trainable
     if kind in _PASS_THROUGH and args and isinstance(args[0], _T):
@@ -1224,8 +1215,11 @@ def _rule_self_result(state: _State, args: list[Any], kwargs: dict[str, Any], ou
 
 def _rule_cross(state: _State, args: list[Any], kwargs: dict[str, Any], out: Any) -> None:
     """mul, mm, bmm: each tensor operand is kept for the other's gradient."""
-    a = _arg(args, kwargs, 0, "input")
-    b = _arg(args, kwargs, 1, "other")
+    _keep_crossed(state, _arg(args, kwargs, 0, "input"), _arg(args, kwargs, 1, "other"))
+
+
+def _keep_crossed(state: _State, a: Any, b: Any) -> None:
+    """Two tensor operands of a product: each kept when the other needs a gradient."""
     if isinstance(a, _T) and isinstance(b, _T):
         if b.grad:
             state.keep(a)
@@ -1450,13 +1444,7 @@ def _rule_dropout(state: _State, args: list[Any], kwargs: dict[str, Any], out: A
 
 
 def _rule_conv(state: _State, args: list[Any], kwargs: dict[str, Any], out: Any) -> None:
-    x = _arg(args, kwargs, 0, "input")
-    w = _arg(args, kwargs, 1, "weight")
-    if isinstance(x, _T) and isinstance(w, _T):
-        if w.grad:
-            state.keep(x)
-        if x.grad:
-            state.keep(w)
+    _keep_crossed(state, _arg(args, kwargs, 0, "input"), _arg(args, kwargs, 1, "weight"))
 
 
 _RULES: Mapping[str, Callable[[_State, list[Any], dict[str, Any], Any], "_T | None"]] = {

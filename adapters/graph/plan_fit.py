@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from adapters.graph.module_tree import named_tensors
 from core import Node, Plan, PlanError
 
 _HOW = (
@@ -34,7 +35,8 @@ def check_plan_fits(plan: Plan, model: nn.Module) -> None:
         for node in stage.graph.nodes:
             if node.op in ("get_attr", "call_module"):
                 _check_node(stage.index, node, model)
-    params, buffers = _tensors(model)
+    params = dict(named_tensors(model, "_parameters"))
+    buffers = {name for name, _ in named_tensors(model, "_buffers")}
     for stage in plan.stages:
         storages: dict[int, int] = {}  # tied names share one storage, counted once as the plan does
         for name in stage.params:
@@ -63,30 +65,6 @@ def _check_node(index: int, node: Node, model: nn.Module) -> None:
         raise PlanDoesNotFit(
             f"{where} reads {node.target!r} of shape {list(shape)}, but the model's is {list(found.shape)}; {_HOW}."
         )
-
-
-def _tensors(model: nn.Module) -> tuple[dict[str, Tensor], set[str]]:
-    """Every parameter by qualified name and the buffers' names, under every path a module is
-    reachable by (as `named_parameters(remove_duplicate=False)`), walking the module tree
-    without recursion (torch's walk recurses once per level)."""
-    params: dict[str, Tensor] = {}
-    buffers: set[str] = set()
-    first: dict[int, str] = {}  # module -> the prefix it was walked under
-    aliases: list[tuple[str, str]] = []  # (walked prefix, another prefix of the same module)
-    stack: list[tuple[str, nn.Module]] = [("", model)]
-    while stack:
-        prefix, module = stack.pop()
-        if id(module) in first:  # shared (or a cycle): walked once, named under each path below
-            aliases.append((first[id(module)], prefix))
-            continue
-        first[id(module)] = prefix
-        params.update((prefix + name, p) for name, p in module._parameters.items() if p is not None)
-        buffers.update(prefix + name for name, b in module._buffers.items() if b is not None)
-        stack.extend((f"{prefix}{name}.", child) for name, child in module._modules.items() if child is not None)
-    for walked, alias in aliases:
-        params.update((alias + n[len(walked):], p) for n, p in list(params.items()) if n.startswith(walked))
-        buffers.update([alias + n[len(walked):] for n in buffers if n.startswith(walked)])
-    return params, buffers
 
 
 def _attribute(model: nn.Module, target: str) -> object | None:

@@ -62,17 +62,6 @@ def _held_by(module: nn.Module) -> list[torch.Tensor]:
     return out
 
 
-def _paths(value: Any, prefix: ArgPath, out: dict[StorageWeakRef, ArgPath]) -> None:
-    if isinstance(value, torch.Tensor):
-        out.setdefault(_storage(value), prefix)
-    elif isinstance(value, (tuple, list)):
-        for i, item in enumerate(value):
-            _paths(item, (*prefix, i), out)
-    elif isinstance(value, Mapping):
-        for key, item in value.items():
-            _paths(item, (*prefix, key), out)
-
-
 def leaf_saved(
     model: nn.Module,
     args: tuple[Any, ...],
@@ -244,16 +233,14 @@ def _dtype_name(t: torch.Tensor) -> str:
     return str(t.dtype).removeprefix("torch.")
 
 
-def _flat(value: Any, prefix: ArgPath = ()) -> list[tuple[torch.Tensor, ArgPath]]:
+def _flat(value: Any) -> list[tuple[torch.Tensor, ArgPath]]:
     """The tensors in (args, kwargs) with their paths: `(0,)`, `("name", 1)`."""
     args, kwargs = value
-    out: dict[StorageWeakRef, ArgPath] = {}
     found: list[tuple[torch.Tensor, ArgPath]] = []
     for i, item in enumerate(args):
         _collect(item, (i,), found)
     for key, item in kwargs.items():
         _collect(item, (key,), found)
-    del out
     return found
 
 
@@ -275,8 +262,11 @@ def _record(
     grads: tuple[ArgPath, ...],
     all_grad: LeafSaved | None,
 ) -> LeafSaved:
+    found: list[tuple[torch.Tensor, ArgPath]] = []
+    _collect(result, (), found)
     outputs: dict[StorageWeakRef, ArgPath] = {}
-    _paths(result, (), outputs)
+    for tensor, where in found:
+        outputs.setdefault(_storage(tensor), where)  # a storage's first path
     kept_in: list[ArgPath] = []
     kept_out: list[ArgPath] = []
     internal: list[tuple[str, int]] = []
